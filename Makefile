@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine: `make serve` and `make test`.
+# Both install into .venv first: CPU torch 2.13.0, then the project (editable) under a
+# constraint pinning torch so pip never pulls a CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONSTRAINT := $(VENV)/constraints.txt
+TORCH_VERSION := 2.13.0
+
+.PHONY: install serve test lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	echo "torch==$(TORCH_VERSION)" > $(CONSTRAINT)
+	PIP_CONSTRAINT=$(CONSTRAINT) $(PY) -m pip install -q -e '.[test]'
+	PIP_CONSTRAINT=$(CONSTRAINT) $(PY) -m pip install -q --no-deps text-generation==0.7.0
+	touch $(STAMP)
+
+serve: install
+	RAY_AUTH_MODE=disabled $(VENV)/bin/gaudi-serve up
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	RAY_AUTH_MODE=disabled $(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

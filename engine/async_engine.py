@@ -1,0 +1,147 @@
+"""The engine for servers: many concurrent `generate` streams over one step loop.
+
+Steps run in a worker thread so the event loop stays free. Scheduler state is only ever
+touched on the event loop thread between steps: new requests and aborts are applied just
+before the next step starts, so the loop never races a running step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import AsyncIterator
+
+from engine.config import EngineConfig
+from engine.errors import EngineDeadError
+from engine.llm_engine import Engine, EngineStats
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class AsyncEngine:
+    """Usage::
+
+    engine = AsyncEngine(EngineConfig())   # loads the model
+    async for out in engine.generate("def f(x):", SamplingParams(max_tokens=16), "req-1"):
+        print(out.text)                     # cumulative text so far
+    """
+
+    def __init__(self, config: EngineConfig | None = None, engine: Engine | None = None):
+        self.engine = engine or Engine(config or EngineConfig())
+        self._streams: dict[str, asyncio.Queue] = {}
+        self._pending_aborts: set[str] = set()
+        self._wakeup: asyncio.Event | None = None
+        self._loop_task: asyncio.Task | None = None
+        self._stepping = False
+        self._dead: BaseException | None = None
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine-step")
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def config(self) -> EngineConfig:
+        return self.engine.config
+
+    @property
+    def is_healthy(self) -> bool:
+        return self._dead is None
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._wakeup = asyncio.Event()
+            self._loop_task = asyncio.get_running_loop().create_task(self._run_loop())
+
+    async def generate(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str,
+    ) -> AsyncIterator[RequestOutput]:
+        """Yield cumulative outputs until the request finishes. Raises ValueError for a bad
+        prompt and EngineDeadError if the engine fails. Closing the iterator early (the
+        client went away) aborts the request and frees its blocks."""
+        if self._dead is not None:
+            raise EngineDeadError(f"engine is dead: {self._dead!r}")
+        if request_id in self._streams:
+            raise ValueError(f"request_id {request_id!r} is already in flight")
+        self._ensure_loop()
+        self.engine.add_request(request_id, prompt, params)  # raises on bad input
+        queue: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = queue
+        self._wakeup.set()
+        finished = False
+        try:
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._abort_now_or_soon(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        """Abort a request; its blocks are freed before the next step."""
+        queue = self._streams.pop(request_id, None)
+        self._abort_now_or_soon(request_id)
+        if queue is not None:
+            queue.put_nowait(asyncio.CancelledError(f"request {request_id} aborted"))
+
+    def _abort_now_or_soon(self, request_id: str) -> None:
+        if self._stepping:
+            self._pending_aborts.add(request_id)
+        else:
+            self.engine.abort_request(request_id)
+
+    async def _run_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            for request_id in self._pending_aborts:
+                self.engine.abort_request(request_id)
+            self._pending_aborts.clear()
+            if not self.engine.has_unfinished:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self._stepping = True
+            try:
+                outputs = await loop.run_in_executor(self._thread, self.engine.step)
+            except Exception as exc:  # an engine fault fails every request in flight
+                logger.exception("engine step failed")
+                self._fail_all(exc)
+                return
+            finally:
+                self._stepping = False
+            for out in outputs:
+                queue = self._streams.get(out.request_id)
+                if queue is not None:
+                    queue.put_nowait(out)
+
+    def _fail_all(self, exc: Exception) -> None:
+        self._dead = exc
+        error = EngineDeadError(f"engine step failed: {exc!r}")
+        for queue in self._streams.values():
+            queue.put_nowait(error)
+        for request_id in list(self.engine.requests):
+            self.engine.abort_request(request_id)
+
+    async def check_health(self) -> None:
+        """Raise EngineDeadError if the step loop has failed."""
+        if self._dead is not None:
+            raise EngineDeadError(f"engine is dead: {self._dead!r}")
+
+    def shutdown(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        self._thread.shutdown(wait=True)
+        self.engine.shutdown()

@@ -1,0 +1,165 @@
+"""Paged KV cache bookkeeping: free blocks, per-sequence block tables, prefix reuse.
+
+Host-only: it hands out block ids; the model runner owns the cache tensors.
+
+Block 0 is reserved as the padding block: padded slots of a fixed-shape step write there
+and padded block-table entries point there, so padding never touches a real sequence.
+
+Prefix reuse: once every position of a full block has its KV written, the block is
+published under a hash chained over all tokens up to its end. A later sequence whose
+prompt starts with the same tokens takes those blocks (reference counted) and computes
+only the rest. Freed blocks keep their hash and stay reusable until they are handed out
+again (least recently freed first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+from engine.sequence import Sequence
+
+PADDING_BLOCK_ID = 0
+
+
+def block_hash(parent: bytes | None, token_ids: list[int]) -> bytes:
+    """Hash of a full block, chained on the previous block's hash."""
+    h = hashlib.blake2b(parent or b"", digest_size=16)
+    h.update(len(token_ids).to_bytes(4, "little"))
+    for t in token_ids:
+        h.update(t.to_bytes(4, "little"))
+    return h.digest()
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        if num_blocks < 2:
+            raise ValueError(f"the KV cache needs at least 2 blocks, got {num_blocks}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.ref_counts = [0] * num_blocks
+        self.block_hashes: list[bytes | None] = [None] * num_blocks
+        self.hash_to_block: dict[bytes, int] = {}
+        # Free blocks in eviction order (oldest first). Block 0 is never free.
+        self.free_blocks: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks))
+        self.num_prefix_hits_tokens = 0
+
+    # -- accounting ---------------------------------------------------------------------
+    @property
+    def num_usable_blocks(self) -> int:
+        return self.num_blocks - 1
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_blocks)
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - self.num_free_blocks / self.num_usable_blocks
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    # -- admission ----------------------------------------------------------------------
+    def _cached_prefix(self, seq: Sequence) -> list[int]:
+        """Blocks holding a cached prefix of seq. At least one token is always left to
+        compute, so the step that admits seq produces its logits."""
+        if not self.enable_prefix_caching:
+            return []
+        hits: list[int] = []
+        parent = None
+        bs = self.block_size
+        for i in range((seq.num_tokens - 1) // bs):
+            parent = block_hash(parent, seq.token_ids[i * bs : (i + 1) * bs])
+            block_id = self.hash_to_block.get(parent)
+            if block_id is None:
+                break
+            hits.append(block_id)
+        return hits
+
+    def can_allocate(self, seq: Sequence) -> bool:
+        hits = self._cached_prefix(seq)
+        revived = sum(1 for b in hits if self.ref_counts[b] == 0)
+        num_new = self.blocks_needed(seq.num_tokens) - len(hits)
+        return num_new + revived <= self.num_free_blocks
+
+    def allocate(self, seq: Sequence) -> None:
+        """Give seq blocks for all its tokens, reusing cached prefix blocks."""
+        if seq.block_table:
+            raise RuntimeError(f"{seq} already holds blocks")
+        hits = self._cached_prefix(seq)
+        for block_id in hits:
+            if self.ref_counts[block_id] == 0:
+                del self.free_blocks[block_id]
+            self.ref_counts[block_id] += 1
+        seq.block_table = hits + [
+            self._take_free_block() for _ in range(self.blocks_needed(seq.num_tokens) - len(hits))
+        ]
+        seq.num_computed_tokens = seq.num_cached_tokens = len(hits) * self.block_size
+        seq.num_hashed_blocks = len(hits)
+        self.num_prefix_hits_tokens += seq.num_cached_tokens
+
+    def _take_free_block(self) -> int:
+        block_id, _ = self.free_blocks.popitem(last=False)
+        old = self.block_hashes[block_id]
+        if old is not None:  # evict its cached content
+            if self.hash_to_block.get(old) == block_id:
+                del self.hash_to_block[old]
+            self.block_hashes[block_id] = None
+        self.ref_counts[block_id] = 1
+        return block_id
+
+    # -- decode -------------------------------------------------------------------------
+    def can_append(self, seq: Sequence) -> bool:
+        """Whether the block for seq's next fed token exists or one is free."""
+        return (
+            len(seq.block_table) >= self.blocks_needed(seq.num_tokens) or self.num_free_blocks > 0
+        )
+
+    def append_slots(self, seq: Sequence, num_tokens: int | None = None) -> None:
+        """Grow seq's block table to cover num_tokens (default: all its tokens)."""
+        needed = self.blocks_needed(seq.num_tokens if num_tokens is None else num_tokens)
+        while len(seq.block_table) < needed:
+            seq.block_table.append(self._take_free_block())
+
+    def trim(self, seq: Sequence, num_tokens: int) -> None:
+        """Drop trailing blocks beyond num_tokens (speculative rollback)."""
+        keep = self.blocks_needed(num_tokens)
+        while len(seq.block_table) > keep:
+            self._release(seq.block_table.pop())
+
+    # -- publishing and freeing ---------------------------------------------------------
+    def publish_computed_blocks(self, seq: Sequence) -> None:
+        """Publish seq's full blocks whose KV is now written, for prefix reuse."""
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        num_full = min(seq.num_computed_tokens // bs, len(seq.block_table))
+        if num_full <= seq.num_hashed_blocks:
+            return
+        parent = None
+        if seq.num_hashed_blocks:
+            parent = self.block_hashes[seq.block_table[seq.num_hashed_blocks - 1]]
+        for i in range(seq.num_hashed_blocks, num_full):
+            parent = block_hash(parent, seq.token_ids[i * bs : (i + 1) * bs])
+            block_id = seq.block_table[i]
+            if self.block_hashes[block_id] is None:
+                self.block_hashes[block_id] = parent
+                self.hash_to_block.setdefault(parent, block_id)
+        seq.num_hashed_blocks = num_full
+
+    def free(self, seq: Sequence) -> None:
+        """Release seq's blocks (finished, aborted or preempted)."""
+        for block_id in reversed(seq.block_table):
+            self._release(block_id)
+        seq.block_table = []
+        seq.num_computed_tokens = 0
+        seq.num_hashed_blocks = 0
+
+    def _release(self, block_id: int) -> None:
+        self.ref_counts[block_id] -= 1
+        if self.ref_counts[block_id] < 0:
+            raise RuntimeError(f"block {block_id} freed twice")
+        if self.ref_counts[block_id] == 0:
+            self.free_blocks[block_id] = None

@@ -1,0 +1,68 @@
+"""Engine configuration: one frozen dataclass, resolved against the model once at load."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+BLOCK_SIZE_CHOICES = (8, 16, 32, 64, 128)
+DEFAULT_MAX_MODEL_LEN_CAP = 4096
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What one engine (one replica) runs and its limits.
+
+    model: a local Hugging Face model directory, or None for the bundled default model.
+    max_model_len: prompt + generated tokens per request; None = the model's
+        max_position_embeddings capped at 4096.
+    kv_cache_tokens: size of the paged KV cache in tokens; None = sized from free memory
+        (kv_cache_memory_fraction of it), capped at max_num_seqs * max_model_len.
+    max_num_batched_tokens: token budget of one prefill step; longer prompts are chunked.
+    """
+
+    model: str | None = None
+    tokenizer: str | None = None
+    skip_tokenizer_init: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    max_num_seqs: int = 32
+    max_model_len: int | None = None
+    block_size: int = 16
+    kv_cache_tokens: int | None = None
+    kv_cache_memory_fraction: float | None = None
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    tp_size: int = 1
+
+    def __post_init__(self) -> None:
+        from engine.devices import DEVICE_CHOICES
+
+        _choice("device", self.device, DEVICE_CHOICES)
+        _choice("dtype", self.dtype, DTYPE_CHOICES)
+        _choice("block_size", self.block_size, BLOCK_SIZE_CHOICES)
+        _at_least("max_num_seqs", self.max_num_seqs, 1)
+        _at_least("max_num_batched_tokens", self.max_num_batched_tokens, self.block_size)
+        _at_least("tp_size", self.tp_size, 1)
+        if self.max_model_len is not None:
+            _at_least("max_model_len", self.max_model_len, 2)
+        if self.kv_cache_tokens is not None:
+            _at_least("kv_cache_tokens", self.kv_cache_tokens, self.block_size)
+        fraction = self.kv_cache_memory_fraction
+        if fraction is not None and not 0.0 < fraction <= 1.0:
+            raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {fraction!r}")
+
+    def replace(self, **changes) -> EngineConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _choice(name: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def _at_least(name: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

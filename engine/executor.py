@@ -1,0 +1,58 @@
+"""Executors run a step on the model's rank(s). The local one holds a single ModelRunner
+in this process; the tensor-parallel one (sharding/) drives a group of Ray actors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from engine.devices import Device, get_device
+from engine.loader import KVSpec, load_config, load_model, resolve_dtype
+from engine.model_input import ModelInput
+from engine.model_runner import ModelRunner
+from engine.sampler import SamplerOutput
+
+
+class Executor(Protocol):
+    kv_spec: KVSpec  # per rank
+    default_kv_memory_fraction: float
+
+    def available_kv_bytes(self, memory_fraction: float) -> int: ...
+
+    def init_kv_cache(self, num_blocks: int) -> None: ...
+
+    def execute(self, inp: ModelInput) -> SamplerOutput: ...
+
+    def shutdown(self) -> None: ...
+
+
+class LocalExecutor:
+    """One rank, in this process."""
+
+    def __init__(self, model_path: Path, device_name: str, dtype_name: str, block_size: int):
+        self.device: Device = get_device(device_name)
+        hf_config = load_config(model_path)
+        dtype = resolve_dtype(dtype_name, hf_config, self.device)
+        self.kv_spec = KVSpec.from_config(hf_config, dtype)
+        model = load_model(model_path, dtype, self.device.torch_device)
+        self.runner = ModelRunner(
+            self.device.prepare_model(model), self.device, self.kv_spec, block_size
+        )
+
+    @property
+    def default_kv_memory_fraction(self) -> float:
+        return self.device.default_kv_memory_fraction
+
+    def available_kv_bytes(self, memory_fraction: float) -> int:
+        return int(self.device.memory_stats().free_bytes * memory_fraction)
+
+    def init_kv_cache(self, num_blocks: int) -> None:
+        self.runner.init_kv_cache(num_blocks)
+
+    def execute(self, inp: ModelInput) -> SamplerOutput:
+        out = self.runner.execute(inp)
+        self.device.mark_step()
+        return out
+
+    def shutdown(self) -> None:
+        self.runner.kv_caches = []

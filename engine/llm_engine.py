@@ -1,0 +1,234 @@
+"""The synchronous engine of one replica: add requests, step, collect outputs.
+
+One step = the scheduler picks sequences -> the host builds padded inputs -> the executor
+runs the forward and samples on the device -> outputs are processed on the host.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+from transformers import GenerationConfig
+
+from engine.block_manager import BlockManager
+from engine.config import DEFAULT_MAX_MODEL_LEN_CAP, EngineConfig
+from engine.detokenizer import IncrementalDetokenizer
+from engine.errors import EmptyPromptError, PromptTooLongError
+from engine.executor import Executor, LocalExecutor
+from engine.loader import load_config, load_tokenizer, resolve_model_path
+from engine.model_input import build_model_input, natural_shape
+from engine.output_processor import RequestState, StopRule, finish_reason, make_output
+from engine.outputs import RequestOutput, TokenLogprob
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler, SchedulerOutput, StepKind
+from engine.sequence import Sequence
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_waiting: int
+    num_running: int
+    num_free_blocks: int
+    num_total_blocks: int
+    kv_usage: float
+    num_preemptions: int
+    num_prefix_hit_tokens: int
+    num_prefill_tokens: int  # prompt tokens actually computed
+    num_generated_tokens: int
+    num_steps: int
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, executor: Executor | None = None):
+        self.model_path = resolve_model_path(config.model)
+        self.hf_config = load_config(self.model_path)
+        self.tokenizer = None
+        if not config.skip_tokenizer_init:
+            self.tokenizer = load_tokenizer(resolve_model_path(config.tokenizer or self.model_path))
+        self.config = config.replace(max_model_len=self._resolve_max_model_len(config))
+        self.executor = executor or LocalExecutor(
+            self.model_path, config.device, config.dtype, config.block_size
+        )
+        num_blocks = self._size_kv_cache()
+        self.executor.init_kv_cache(num_blocks)
+        self.block_manager = BlockManager(
+            num_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
+        )
+        self.stop_rule = StopRule(self._eos_token_ids(), self.config.max_model_len)
+        self.requests: dict[str, RequestState] = {}
+        self._rng = random.Random(config.seed)
+        self._num_prefill_tokens = 0
+        self._num_generated_tokens = 0
+        self._num_steps = 0
+
+    # -- set-up -------------------------------------------------------------------------
+    def _resolve_max_model_len(self, config: EngineConfig) -> int:
+        model_max = getattr(self.hf_config, "max_position_embeddings", None)
+        if config.max_model_len is None:
+            return min(model_max or DEFAULT_MAX_MODEL_LEN_CAP, DEFAULT_MAX_MODEL_LEN_CAP)
+        if model_max is not None and config.max_model_len > model_max:
+            raise ValueError(
+                f"max_model_len {config.max_model_len} exceeds the model's "
+                f"max_position_embeddings {model_max}; allowed: 2..{model_max}"
+            )
+        return config.max_model_len
+
+    def _size_kv_cache(self) -> int:
+        cfg = self.config
+        per_token = self.executor.kv_spec.bytes_per_token
+        if cfg.kv_cache_tokens is not None:
+            tokens = cfg.kv_cache_tokens
+        else:
+            fraction = cfg.kv_cache_memory_fraction or self.executor.default_kv_memory_fraction
+            tokens = min(
+                self.executor.available_kv_bytes(fraction) // per_token,
+                cfg.max_num_seqs * cfg.max_model_len,
+            )
+        num_blocks = tokens // cfg.block_size
+        if num_blocks * cfg.block_size < cfg.max_model_len:
+            raise ValueError(
+                f"the KV cache holds {num_blocks * cfg.block_size} tokens, fewer than "
+                f"max_model_len {cfg.max_model_len}: raise kv_cache_tokens (or the memory "
+                "fraction) or lower max_model_len"
+            )
+        logger.info(
+            "KV cache: %d blocks x %d tokens, %.1f MiB",
+            num_blocks,
+            cfg.block_size,
+            num_blocks * cfg.block_size * per_token / 2**20,
+        )
+        return num_blocks + 1  # + the padding block
+
+    def _eos_token_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        try:
+            gen = GenerationConfig.from_pretrained(self.model_path)
+            eos = gen.eos_token_id
+            ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        except OSError:
+            pass
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        if not ids and getattr(self.hf_config, "eos_token_id", None) is not None:
+            eos = self.hf_config.eos_token_id
+            ids.update(eos if isinstance(eos, list) else [eos])
+        return frozenset(ids)
+
+    # -- requests -----------------------------------------------------------------------
+    def encode(self, prompt: str) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError("prompt must be token ids: this engine has no tokenizer")
+        return self.tokenizer.encode(prompt)
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+    ) -> None:
+        """Queue a request. Raises ValueError for a bad prompt (empty, too long, duplicate id)."""
+        params = params or SamplingParams()
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in flight")
+        text = prompt if isinstance(prompt, str) else None
+        token_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self.check_prompt(token_ids)
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+        seq = Sequence(request_id, token_ids, params, seed, prompt=text)
+        detok = IncrementalDetokenizer(self.tokenizer, token_ids, params.stop)
+        self.requests[request_id] = RequestState(seq, detok)
+        self.scheduler.add(seq)
+
+    def check_prompt(self, token_ids: list[int]) -> None:
+        if not token_ids:
+            raise EmptyPromptError()
+        vocab = self.hf_config.vocab_size
+        bad = next((t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"prompt token ids must be integers in [0, {vocab}), got {bad!r}")
+        if len(token_ids) >= self.config.max_model_len:
+            raise PromptTooLongError(len(token_ids), self.config.max_model_len - 1)
+
+    def abort_request(self, request_id: str) -> bool:
+        """Drop a request and free its blocks now. Returns False if it was not in flight."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return False
+        self.scheduler.abort(state.seq)
+        state.seq.finish_reason = "abort"
+        return True
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    # -- the step -----------------------------------------------------------------------
+    def step(self, stream: bool = True) -> list[RequestOutput]:
+        """Run one step. Returns outputs of every request that got a token (stream=True) or
+        only of those that finished (stream=False)."""
+        sched = self.scheduler.schedule()
+        if sched is None:
+            return []
+        inp = build_model_input(
+            sched, self.config.block_size, natural_shape(sched, self.config.block_size)
+        )
+        out = self.executor.execute(inp)
+        self._num_steps += 1
+        return self._process(sched, out, stream)
+
+    def _process(self, sched: SchedulerOutput, out, stream: bool) -> list[RequestOutput]:
+        outputs = []
+        for row, item in enumerate(sched.scheduled):
+            seq = item.seq
+            is_sampled = item.is_sampled
+            seq.num_computed_tokens += item.num_tokens
+            if sched.kind is StepKind.PREFILL:
+                self._num_prefill_tokens += item.num_tokens
+            self.block_manager.publish_computed_blocks(seq)
+            if not is_sampled:
+                continue
+            state = self.requests[seq.request_id]
+            token = out.token_ids[row]
+            seq.token_ids.append(token)
+            self._num_generated_tokens += 1
+            if state.logprobs is not None:
+                chosen, top = out.logprobs[row]
+                n = seq.params.logprobs
+                state.logprobs.append(TokenLogprob(token, chosen, dict(top[:n])))
+            state.detokenizer.update(seq.token_ids)
+            reason = finish_reason(state, token, self.stop_rule)
+            if reason is not None:
+                state.detokenizer.flush(seq.token_ids)
+                seq.finish_reason = "stop" if state.detokenizer.stopped else reason
+                self.scheduler.finish(seq)
+                del self.requests[seq.request_id]
+            if stream or reason is not None:
+                outputs.append(make_output(state, finished=reason is not None))
+        return outputs
+
+    def stats(self) -> EngineStats:
+        bm = self.block_manager
+        return EngineStats(
+            num_waiting=len(self.scheduler.waiting),
+            num_running=len(self.scheduler.running),
+            num_free_blocks=bm.num_free_blocks,
+            num_total_blocks=bm.num_usable_blocks,
+            kv_usage=bm.usage,
+            num_preemptions=self.scheduler.num_preemptions,
+            num_prefix_hit_tokens=bm.num_prefix_hits_tokens,
+            num_prefill_tokens=self._num_prefill_tokens,
+            num_generated_tokens=self._num_generated_tokens,
+            num_steps=self._num_steps,
+        )
+
+    def shutdown(self) -> None:
+        for request_id in list(self.requests):
+            self.abort_request(request_id)
+        self.executor.shutdown()

@@ -1,0 +1,101 @@
+"""Finding, checking and loading models and tokenizers (local files only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+
+from engine.attention import ATTN_IMPLEMENTATION
+from engine.errors import UnsupportedModelError
+
+# model_type -> family name; each is tested token-identical to transformers' generate.
+SUPPORTED_MODEL_TYPES = {
+    "llama": "Llama",
+    "mistral": "Mistral",
+    "qwen2": "Qwen2",
+    "qwen3": "Qwen3",
+    "gemma": "Gemma",
+    "phi3": "Phi-3",
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """None -> the bundled default model; otherwise a local directory with a config.json."""
+    if model is None:
+        from engine.assets import default_model_path
+
+        return default_model_path()
+    path = Path(model).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model {str(model)!r} is not a local model directory (no config.json there); "
+            "gaudi-serve never downloads weights"
+        )
+    return path
+
+
+def load_config(path: Path) -> PretrainedConfig:
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        supported = ", ".join(f"{v} ({k})" for k, v in SUPPORTED_MODEL_TYPES.items())
+        raise UnsupportedModelError(
+            f"model_type {config.model_type!r} of {path} is not supported; supported: {supported}"
+        )
+    return config
+
+
+@dataclass(frozen=True)
+class KVSpec:
+    """Shape of one rank's KV cache per token: layers x kv heads x head_dim."""
+
+    num_layers: int
+    num_kv_heads: int  # on this rank
+    head_dim: int
+    dtype: torch.dtype
+
+    @classmethod
+    def from_config(cls, config: PretrainedConfig, dtype: torch.dtype, tp_size: int = 1):
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        if kv_heads % tp_size:
+            raise ValueError(
+                f"tp_size {tp_size} does not divide the model's {kv_heads} KV heads; "
+                f"valid tp_size values: {[d for d in range(1, kv_heads + 1) if kv_heads % d == 0]}"
+            )
+        return cls(config.num_hidden_layers, kv_heads // tp_size, head_dim, dtype)
+
+    @property
+    def bytes_per_token(self) -> int:
+        itemsize = torch.finfo(self.dtype).bits // 8
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize
+
+
+def resolve_dtype(name: str, config: PretrainedConfig, device) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    config_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(config_dtype, str):
+        config_dtype = DTYPES.get(config_dtype)
+    return device.default_dtype(config_dtype)
+
+
+def load_model(path: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION
+    )
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_tokenizer(path: Path):
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(
+            f"no tokenizer could be loaded from {path} ({exc}); pass tokenizer=PATH, or "
+            "skip_tokenizer_init=True to work with token ids only"
+        ) from exc

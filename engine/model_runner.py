@@ -1,0 +1,96 @@
+"""The only code that touches the device: owns the model and its paged KV cache on one
+rank, and runs one padded step (forward, then sampling)."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.attention import PagedMetadata
+from engine.devices import Device
+from engine.loader import KVSpec
+from engine.model_input import ModelInput, SamplingInput
+from engine.sampler import SamplerOutput, sample
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, device: Device, kv_spec: KVSpec, block_size: int):
+        self.model = model
+        self.device = device
+        self.kv_spec = kv_spec
+        self.block_size = block_size
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def init_kv_cache(self, num_blocks: int) -> None:
+        """Allocate per layer K and V pools: [num_blocks, block_size, kv_heads, head_dim]."""
+        spec = self.kv_spec
+        shape = (num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim)
+        dev = self.device.torch_device
+        self.kv_caches = [
+            (
+                torch.zeros(shape, dtype=spec.dtype, device=dev),
+                torch.zeros(shape, dtype=spec.dtype, device=dev),
+            )
+            for _ in range(spec.num_layers)
+        ]
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return self.kv_caches[0][0].shape[0] if self.kv_caches else 0
+
+    def prepare_inputs(self, inp: ModelInput) -> dict[str, torch.Tensor]:
+        dev = self.device.torch_device
+        positions = inp.positions.to(dev, non_blocking=True)
+        num_context = inp.shape.num_blocks * self.block_size
+        return {
+            "input_ids": inp.input_ids.to(dev, non_blocking=True),
+            "positions": positions,
+            "slot_mapping": inp.slot_mapping.to(dev, non_blocking=True),
+            "block_tables": inp.block_tables.to(dev, non_blocking=True),
+            "mask": PagedMetadata.causal_mask(positions, num_context),
+        }
+
+    def run_forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        slot_mapping: torch.Tensor,
+        block_tables: torch.Tensor,
+        mask: torch.Tensor,
+        num_logits: int = 1,
+    ) -> torch.Tensor:
+        """Padded forward over the paged cache -> logits [batch, num_logits, vocab] for the
+        last num_logits positions of every row. Static shapes only: capturable."""
+        paged = PagedMetadata(self.kv_caches, slot_mapping, block_tables, positions, mask)
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=positions,
+            paged=paged,
+            use_cache=False,
+            logits_to_keep=num_logits,
+        )
+        return out.logits
+
+    @torch.inference_mode()
+    def execute(self, inp: ModelInput) -> SamplerOutput:
+        logits = self.run_forward(**self.prepare_inputs(inp))[: inp.num_seqs, -1, :]
+        return sample(logits, self.prepare_sampling(inp.sampling, inp.num_seqs))
+
+    def prepare_sampling(self, s: SamplingInput, num_seqs: int) -> SamplingInput:
+        dev = self.device.torch_device
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[:num_seqs].to(dev, non_blocking=True)
+
+        return SamplingInput(
+            temperature=move(s.temperature),
+            top_k=move(s.top_k),
+            top_p=move(s.top_p),
+            repetition_penalty=move(s.repetition_penalty),
+            seeds=move(s.seeds),
+            counters=move(s.counters),
+            history=move(s.history),
+            num_logprobs=s.num_logprobs,
+            want_logprobs=s.want_logprobs,
+            is_all_greedy=s.is_all_greedy,
+            needs_filters=s.needs_filters,
+        )

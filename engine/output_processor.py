@@ -1,0 +1,57 @@
+"""After a step: append sampled tokens, detokenize, decide which requests finish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.detokenizer import IncrementalDetokenizer
+from engine.outputs import RequestOutput, TokenLogprob
+from engine.sequence import Sequence
+
+
+@dataclass
+class RequestState:
+    seq: Sequence
+    detokenizer: IncrementalDetokenizer
+    logprobs: list[TokenLogprob] | None = None
+    num_emitted_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.seq.params.logprobs is not None:
+            self.logprobs = []
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Model-wide end-of-sequence ids and length limit."""
+
+    eos_token_ids: frozenset[int] = field(default_factory=frozenset)
+    max_model_len: int = 0
+
+
+def finish_reason(state: RequestState, token: int, rule: StopRule) -> str | None:
+    seq, params = state.seq, state.seq.params
+    if state.detokenizer.stopped:
+        return "stop"
+    if not params.ignore_eos and token in rule.eos_token_ids:
+        return "stop"
+    if token in params.stop_token_ids:
+        return "stop"
+    if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= rule.max_model_len:
+        return "length"
+    return None
+
+
+def make_output(state: RequestState, finished: bool) -> RequestOutput:
+    seq = state.seq
+    return RequestOutput(
+        request_id=seq.request_id,
+        prompt=seq.prompt,
+        prompt_token_ids=seq.prompt_token_ids,
+        text=state.detokenizer.visible_text(finished),
+        token_ids=seq.output_token_ids,
+        finished=finished,
+        finish_reason=seq.finish_reason,
+        logprobs=list(state.logprobs) if state.logprobs is not None else None,
+        num_cached_tokens=seq.num_cached_tokens,
+    )

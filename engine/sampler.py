@@ -1,0 +1,103 @@
+"""Sampling on the device: one batched call for the whole step, per-row parameters.
+
+Random draws come from a counter-based hash of (seed, tokens generated so far, vocab id)
+instead of a stateful generator, so a seeded request samples the same tokens whatever
+else is in the batch, and after a preemption. Sampling uses the exponential race
+(argmax p_i / E_i with E_i ~ Exp(1)), which draws exactly from p without a host sync.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.model_input import SamplingInput
+
+_MASK32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    # Per row: (sampled token's logprob, top-n [(token, logprob)]) or None if not asked.
+    logprobs: list[tuple[float, list[tuple[int, float]]] | None] | None = None
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finaliser on int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x45D9F3B) & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * 0x45D9F3B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def uniform_noise(seeds: torch.Tensor, counters: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[batch, vocab] uniforms in (0, 1), a pure function of (seed, counter, token id)."""
+    lo, hi = seeds & _MASK32, (seeds >> 32) & _MASK32
+    key = _mix32(lo ^ _mix32(hi ^ _mix32(counters & _MASK32)))
+    ids = torch.arange(vocab_size, device=seeds.device, dtype=torch.long)
+    x = _mix32((key[:, None] + ids[None, :] * _GOLDEN) & _MASK32)
+    return ((x >> 8).float() + 0.5) / float(1 << 24)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, history: torch.Tensor, penalty: torch.Tensor):
+    """HF semantics: seen tokens' positive logits are divided by the penalty, negative
+    ones multiplied. history: [batch, len] token ids, -1 = none."""
+    seen = torch.zeros_like(logits, dtype=torch.bool)
+    valid = history >= 0
+    seen.scatter_(1, history.clamp(min=0), valid)
+    factor = torch.where(logits > 0, 1.0 / penalty[:, None], penalty[:, None])
+    return torch.where(seen, logits * factor, logits)
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor):
+    """Mask logits outside each row's top-k and top-p nucleus (top_k 0 = off)."""
+    vocab = logits.shape[-1]
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    rank = torch.arange(vocab, device=logits.device)[None, :]
+    k = torch.where(top_k > 0, top_k, vocab)[:, None]
+    drop = rank >= k
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    drop |= mass_before >= top_p[:, None]  # the top token always stays: its mass_before is 0
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+def sample(logits: torch.Tensor, inp: SamplingInput) -> SamplerOutput:
+    """logits: [batch, vocab] -> one token per row (and logprobs if any row asked)."""
+    logits = logits.float()
+    raw = logits
+    if inp.history is not None:
+        logits = apply_repetition_penalty(logits, inp.history, inp.repetition_penalty)
+    tokens = logits.argmax(dim=-1)
+    if not inp.is_all_greedy:
+        temperature = inp.temperature[:, None]
+        scaled = logits / temperature.clamp(min=1e-5)
+        if inp.needs_filters:
+            scaled = apply_top_k_top_p(scaled, inp.top_k, inp.top_p)
+        probs = scaled.softmax(dim=-1)
+        exp_noise = -torch.log(uniform_noise(inp.seeds, inp.counters, logits.shape[-1]))
+        sampled = (probs / exp_noise).argmax(dim=-1)
+        tokens = torch.where(inp.temperature > 0, sampled, tokens)
+    token_list = tokens.tolist()
+    if not inp.want_logprobs:
+        return SamplerOutput(token_list)
+    return SamplerOutput(token_list, _logprobs(raw, tokens, inp.num_logprobs))
+
+
+def _logprobs(raw: torch.Tensor, tokens: torch.Tensor, num_top: int):
+    logp = raw.log_softmax(dim=-1)
+    chosen = logp.gather(1, tokens[:, None])[:, 0].tolist()
+    if num_top:
+        top_vals, top_ids = logp.topk(num_top, dim=-1)
+        tops = [
+            list(zip(i, v, strict=True))
+            for i, v in zip(top_ids.tolist(), top_vals.tolist(), strict=True)
+        ]
+    else:
+        tops = [[] for _ in chosen]
+    return [(c, t) for c, t in zip(chosen, tops, strict=True)]

@@ -1,0 +1,162 @@
+"""Shared fixtures: tiny models of every supported family, built locally from configs
+(random weights, no downloads), a small byte-level BPE tokenizer trained on the spot,
+and engines whose invariants are checked at teardown."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_VOCAB = 512
+
+# family -> (config class name, extra kwargs); dims kept tiny so each model loads in ~1 s.
+FAMILY_CONFIGS = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": 4096}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 16}),
+    "gemma": ("GemmaConfig", {"head_dim": 16}),
+    "phi3": ("Phi3Config", {"pad_token_id": 0}),
+}
+FAMILIES = list(FAMILY_CONFIGS)
+
+
+def tiny_config(family: str, **overrides):
+    import transformers
+
+    cls_name, extra = FAMILY_CONFIGS[family]
+    kwargs = dict(
+        vocab_size=TINY_VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    kwargs.update(extra)
+    kwargs.update(overrides)
+    return getattr(transformers, cls_name)(**kwargs)
+
+
+def train_tiny_tokenizer(out_dir) -> None:
+    """A byte-level BPE (vocab 512) trained in well under a second on stdlib source."""
+    import inspect
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    import engine.llm_engine as sample_module
+
+    text = inspect.getsource(sample_module) + " héllo wörld 日本語 ✓ emoji 🙂\n" * 20
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=["<pad>", "<bos>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([text], trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>"
+    )
+    fast.save_pretrained(out_dir)
+    (out_dir / "README.txt").write_text(json.dumps({"vocab": TINY_VOCAB}))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tokenizer")
+    train_tiny_tokenizer(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """Factory: family -> directory with a tiny random model and the tiny tokenizer."""
+    import shutil
+
+    made: dict[tuple, object] = {}
+
+    def make(family: str = "llama", **overrides):
+        key = (family, tuple(sorted(overrides.items())))
+        if key not in made:
+            from transformers import AutoModelForCausalLM
+
+            torch.manual_seed(1234)
+            model = AutoModelForCausalLM.from_config(tiny_config(family, **overrides))
+            out = tmp_path_factory.mktemp(f"tiny-{family}")
+            model.save_pretrained(out)
+            for f in tiny_tokenizer_dir.iterdir():
+                shutil.copy(f, out / f.name)
+            made[key] = out
+        return made[key]
+
+    return make
+
+
+def assert_engine_idle(engine) -> None:
+    """Teardown invariants: no request left, every KV block free."""
+    assert not engine.requests, f"requests left in flight: {list(engine.requests)}"
+    assert not engine.scheduler.has_unfinished
+    bm = engine.block_manager
+    assert bm.num_free_blocks == bm.num_usable_blocks, "KV blocks leaked"
+    assert all(rc == 0 for rc in bm.ref_counts), "non-zero block reference counts"
+
+
+@pytest.fixture
+def make_llm():
+    """Factory for LLMs on CPU/fp32; checks each one is idle at teardown."""
+    from engine import LLM
+
+    made = []
+
+    def make(model_dir, **kwargs):
+        kwargs.setdefault("device", "cpu")
+        kwargs.setdefault("dtype", "float32")
+        kwargs.setdefault("kv_cache_tokens", 8192)
+        llm = LLM(str(model_dir), **kwargs)
+        made.append(llm)
+        return llm
+
+    yield make
+    for llm in made:
+        assert_engine_idle(llm.engine)
+        llm.shutdown()
+
+
+def hf_greedy(model_dir, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' own generate (fp32, greedy, no EOS stop): the reference."""
+    from transformers import AutoModelForCausalLM
+
+    model = _hf_models.get(str(model_dir))
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        _hf_models[str(model_dir)] = model
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([prompt_ids]),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[0, len(prompt_ids) :].tolist()
+
+
+_hf_models: dict[str, object] = {}
+
+
+def random_prompts(lengths, vocab=TINY_VOCAB, seed=0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
