@@ -59,11 +59,12 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     rank = torch.arange(vocab, device=logits.device)[None, :]
     k = torch.where(top_k > 0, top_k, vocab)[:, None]
-    drop = rank >= k
+    sorted_logits = sorted_logits.masked_fill(rank >= k, float("-inf"))
+    # top-p applies to the distribution renormalised after top-k (as transformers does).
     probs = sorted_logits.softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs
-    drop |= mass_before >= top_p[:, None]  # the top token always stays: its mass_before is 0
-    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    # The top token always stays: its mass_before is 0.
+    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p[:, None], float("-inf"))
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 

@@ -55,7 +55,7 @@ def test_unsupported_family_is_refused(tmp_path):
     )
     from engine import LLM
 
-    with pytest.raises(UnsupportedModelError, match="gpt2.*supported: Llama"):
+    with pytest.raises(UnsupportedModelError, match=r"gpt2.*supported: Llama"):
         LLM(str(tmp_path), skip_tokenizer_init=True, device="cpu")
 
 
