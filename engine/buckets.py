@@ -2,8 +2,8 @@
 
 Graph-mode backends (HPU graphs, CUDA graphs) replay a graph captured for one exact shape,
 so the runner pads each step to a bucket and warms every bucket before the replica is
-ready. Buckets are config (`BucketConfig`), expanded by the pure functions below; nothing
-here imports torch.
+ready. Buckets are config (`BucketConfig`), expanded by the pure functions below; this
+module does not import torch.
 
 - prefill buckets: (batch size, padded query length). A pair whose padded token count
   `batch_size * query_len` exceeds `max_num_batched_tokens` is dropped: the scheduler never
@@ -13,7 +13,8 @@ here imports torch.
   (k+1 query tokens per sequence) will add `query_len` as a third decode dimension;
   `DecodeBucket.query_len` is already there for it.
 
-Each dimension is expanded by one strategy:
+Each dimension is either explicit values (a strictly increasing tuple) or a `BucketRange`
+expanded by the config's strategy:
 - "exponential": min, then every power of two above it, then max (max always included);
 - "linear": min, min+step, min+2*step, ..., then max (max always included).
 
@@ -23,12 +24,10 @@ a 512-token prefill budget):
 >>> cfg = BucketConfig.from_limits(
 ...     max_num_seqs=8, max_model_len=256, block_size=16, max_num_batched_tokens=512
 ... )
->>> batch_buckets(cfg)
-(1, 2, 4, 8)
->>> length_buckets(cfg)
-(16, 32, 64, 128, 256)
->>> block_buckets(cfg)
-(1, 2, 4, 8, 16)
+>>> prefill_batch_buckets(cfg), length_buckets(cfg)
+((1, 2, 4, 8), (16, 32, 64, 128, 256))
+>>> decode_batch_buckets(cfg), block_buckets(cfg)
+((1, 2, 4, 8), (1, 2, 4, 8, 16))
 
 Prefill drops pairs over the budget: (4, 256) and (8, 128) hold 1024 padded tokens.
 
@@ -48,37 +47,50 @@ the scheduler must run them in smaller batches:
 Traceback (most recent call last):
 ...
 engine.buckets.BucketOverflowError: (batch_size, max_len)=(3, 200) fits no bucket; ...
+
+Explicit values replace a generated dimension:
+
+>>> cfg = BucketConfig.from_limits(
+...     max_num_seqs=8, max_model_len=256, block_size=16, max_num_batched_tokens=512,
+...     decode_batch_sizes=(1, 3, 8),
+... )
+>>> decode_batch_buckets(cfg)
+(1, 3, 8)
 """
 
 from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 __all__ = [
     "STRATEGIES",
     "BucketConfig",
+    "BucketDim",
     "BucketOverflowError",
     "BucketRange",
     "DecodeBucket",
     "PrefillBucket",
-    "batch_buckets",
     "block_buckets",
+    "decode_batch_buckets",
     "decode_buckets",
+    "dim_buckets",
     "length_buckets",
     "padding_ratio",
     "pick_bucket",
     "pick_decode_bucket",
     "pick_prefill_bucket",
+    "prefill_batch_buckets",
     "prefill_buckets",
-    "range_buckets",
 ]
 
 STRATEGIES = ("exponential", "linear")
-# With the "linear" strategy and no explicit range, aim for about this many buckets a dim.
+_DIMS = ("prefill_batch_sizes", "prefill_lengths", "decode_batch_sizes", "decode_num_blocks")
+# With the "linear" strategy and no explicit dimension, aim for about this many buckets.
 _LINEAR_DEFAULT_NUM_STEPS = 8
 
 
@@ -101,6 +113,10 @@ class BucketRange:
     min: int
     step: int
     max: int
+
+
+# A dimension: a range expanded by the strategy, or explicit strictly increasing values.
+BucketDim = BucketRange | tuple[int, ...]
 
 
 class PrefillBucket(NamedTuple):
@@ -130,32 +146,35 @@ class DecodeBucket(NamedTuple):
 @dataclass(frozen=True)
 class BucketConfig:
     """The bucket grid of one engine. Build it with `from_limits` to get defaults derived
-    from the engine's limits; give a `BucketRange` to override one dimension.
+    from the engine's limits, overriding any dimension.
 
-    batch_size: rows of a step (prefill and decode).
-    prefill_len: padded query tokens per row of a prefill step (a prompt or a chunk of it).
-    decode_blocks: padded context blocks per row of a decode step.
+    prefill_batch_sizes: rows of a prefill step.
+    prefill_lengths: padded query tokens per row of a prefill step (a prompt or a chunk).
+    decode_batch_sizes: rows of a decode step.
+    decode_num_blocks: padded context blocks per row of a decode step.
     max_num_batched_tokens: the prefill token budget; prefill pairs over it are dropped.
-    strategy: "exponential" or "linear", applied to every dimension.
+    strategy: "exponential" or "linear", expands every `BucketRange` dimension.
     """
 
-    batch_size: BucketRange
-    prefill_len: BucketRange
-    decode_blocks: BucketRange
+    prefill_batch_sizes: BucketDim
+    prefill_lengths: BucketDim
+    decode_batch_sizes: BucketDim
+    decode_num_blocks: BucketDim
     max_num_batched_tokens: int
-    strategy: str = field(default="exponential")
+    strategy: str = "exponential"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
-        for name in ("batch_size", "prefill_len", "decode_blocks"):
-            _check_range(name, getattr(self, name))
-        smallest = self.batch_size.min * self.prefill_len.min
+        for name in _DIMS:
+            # lists become tuples: the config stays hashable (the expansions are cached)
+            object.__setattr__(self, name, _as_dim(name, getattr(self, name)))
+        smallest = _dim_min(self.prefill_batch_sizes) * _dim_min(self.prefill_lengths)
         _check_int(
             "max_num_batched_tokens",
             self.max_num_batched_tokens,
             smallest,
-            f"batch_size.min * prefill_len.min ({smallest})",
+            f"the smallest prefill batch size * the smallest prefill length ({smallest})",
         )
 
     @classmethod
@@ -167,20 +186,23 @@ class BucketConfig:
         block_size: int,
         max_num_batched_tokens: int,
         strategy: str = "exponential",
-        batch_size: BucketRange | None = None,
-        prefill_len: BucketRange | None = None,
-        decode_blocks: BucketRange | None = None,
+        prefill_batch_sizes: BucketDim | None = None,
+        prefill_lengths: BucketDim | None = None,
+        decode_batch_sizes: BucketDim | None = None,
+        decode_num_blocks: BucketDim | None = None,
     ) -> BucketConfig:
-        """Defaults from the engine's limits, each overridable:
+        """Defaults from the engine's limits; a dimension given (not None) replaces its
+        default:
 
-        - batch_size: 1 .. max_num_seqs;
-        - prefill_len: block_size .. min(max_model_len, max_num_batched_tokens) (longer
-          prompts are chunked to the budget);
-        - decode_blocks: 1 .. ceil(max_model_len / block_size).
+        - prefill_lengths: block_size .. min(max_model_len, max_num_batched_tokens)
+          (longer prompts are chunked to the budget);
+        - prefill_batch_sizes: 1 .. min(max_num_seqs, budget // shortest prefill length);
+        - decode_batch_sizes: 1 .. max_num_seqs;
+        - decode_num_blocks: 1 .. ceil(max_model_len / block_size).
 
-        With "linear", the default step is a power of two near max/8 (prefill_len: at least
-        block_size); prefill_len and decode_blocks start at the step, so their buckets sit
-        on multiples of it, while batch_size starts at 1 so a lone sequence is not padded.
+        With "linear", the default step is a power of two near max/8 (prefill lengths: at
+        least block_size); lengths and blocks start at the step, so their buckets sit on
+        multiples of it, while batch sizes start at 1 so a lone sequence is not padded.
         """
         for name, value in (
             ("max_num_seqs", max_num_seqs),
@@ -190,26 +212,44 @@ class BucketConfig:
         ):
             _check_int(name, value, 1, "1")
         max_len = min(max_model_len, max_num_batched_tokens)
-        max_blocks = -(-max_model_len // block_size)
+        if prefill_lengths is not None:
+            prefill_lengths = _as_dim("prefill_lengths", prefill_lengths)
+        else:
+            prefill_lengths = _default_range(
+                strategy, min(block_size, max_len), max_len, min_step=block_size
+            )
+        max_prefill_batch = max_num_batched_tokens // _dim_min(prefill_lengths)
+        if prefill_batch_sizes is None:
+            prefill_batch_sizes = _default_range(
+                strategy, 1, max(1, min(max_num_seqs, max_prefill_batch)), is_aligned=False
+            )
+        if decode_batch_sizes is None:
+            decode_batch_sizes = _default_range(strategy, 1, max_num_seqs, is_aligned=False)
+        if decode_num_blocks is None:
+            decode_num_blocks = _default_range(strategy, 1, -(-max_model_len // block_size))
         return cls(
-            batch_size=batch_size or _default_range(strategy, 1, max_num_seqs, is_aligned=False),
-            prefill_len=prefill_len
-            or _default_range(strategy, min(block_size, max_len), max_len, min_step=block_size),
-            decode_blocks=decode_blocks or _default_range(strategy, 1, max_blocks),
+            prefill_batch_sizes=prefill_batch_sizes,
+            prefill_lengths=prefill_lengths,
+            decode_batch_sizes=decode_batch_sizes,
+            decode_num_blocks=decode_num_blocks,
             max_num_batched_tokens=max_num_batched_tokens,
             strategy=strategy,
         )
 
 
-def range_buckets(strategy: str, bucket_range: BucketRange) -> tuple[int, ...]:
-    """Expand one dimension into its sorted bucket values.
+def dim_buckets(strategy: str, dim: BucketDim) -> tuple[int, ...]:
+    """Expand one dimension into its sorted bucket values (explicit values as given).
 
-    >>> range_buckets("exponential", BucketRange(min=3, step=1, max=20))
+    >>> dim_buckets("exponential", BucketRange(min=3, step=1, max=20))
     (3, 4, 8, 16, 20)
-    >>> range_buckets("linear", BucketRange(min=1, step=8, max=20))
+    >>> dim_buckets("linear", BucketRange(min=1, step=8, max=20))
     (1, 9, 17, 20)
+    >>> dim_buckets("linear", (2, 6, 7))
+    (2, 6, 7)
     """
-    low, high = bucket_range.min, bucket_range.max
+    if not isinstance(dim, BucketRange):
+        return tuple(dim)
+    low, high = dim.min, dim.max
     if strategy == "exponential":
         values = [low]
         power = 1 << low.bit_length()  # the smallest power of two above low
@@ -217,7 +257,7 @@ def range_buckets(strategy: str, bucket_range: BucketRange) -> tuple[int, ...]:
             values.append(power)
             power <<= 1
     elif strategy == "linear":
-        values = list(range(low, high, bucket_range.step))
+        values = list(range(low, high, dim.step))
     else:
         raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
     if not values or values[-1] != high:  # linear with min == max gives no steps
@@ -226,21 +266,25 @@ def range_buckets(strategy: str, bucket_range: BucketRange) -> tuple[int, ...]:
 
 
 @functools.cache
-def batch_buckets(cfg: BucketConfig) -> tuple[int, ...]:
-    """Batch-size buckets, shared by prefill and decode."""
-    return range_buckets(cfg.strategy, cfg.batch_size)
+def prefill_batch_buckets(cfg: BucketConfig) -> tuple[int, ...]:
+    return dim_buckets(cfg.strategy, cfg.prefill_batch_sizes)
 
 
 @functools.cache
 def length_buckets(cfg: BucketConfig) -> tuple[int, ...]:
     """Padded query lengths of prefill steps."""
-    return range_buckets(cfg.strategy, cfg.prefill_len)
+    return dim_buckets(cfg.strategy, cfg.prefill_lengths)
+
+
+@functools.cache
+def decode_batch_buckets(cfg: BucketConfig) -> tuple[int, ...]:
+    return dim_buckets(cfg.strategy, cfg.decode_batch_sizes)
 
 
 @functools.cache
 def block_buckets(cfg: BucketConfig) -> tuple[int, ...]:
     """Padded context blocks per sequence of decode steps."""
-    return range_buckets(cfg.strategy, cfg.decode_blocks)
+    return dim_buckets(cfg.strategy, cfg.decode_num_blocks)
 
 
 @functools.cache
@@ -248,7 +292,7 @@ def prefill_buckets(cfg: BucketConfig) -> tuple[PrefillBucket, ...]:
     """Every (batch, length) pair within the token budget, sorted by batch then length."""
     return tuple(
         PrefillBucket(batch, length)
-        for batch in batch_buckets(cfg)
+        for batch in prefill_batch_buckets(cfg)
         for length in length_buckets(cfg)
         if batch * length <= cfg.max_num_batched_tokens
     )
@@ -258,7 +302,9 @@ def prefill_buckets(cfg: BucketConfig) -> tuple[PrefillBucket, ...]:
 def decode_buckets(cfg: BucketConfig) -> tuple[DecodeBucket, ...]:
     """Every (batch, blocks) pair, sorted by batch then blocks; one query token a row."""
     return tuple(
-        DecodeBucket(batch, blocks) for batch in batch_buckets(cfg) for blocks in block_buckets(cfg)
+        DecodeBucket(batch, blocks)
+        for batch in decode_batch_buckets(cfg)
+        for blocks in block_buckets(cfg)
     )
 
 
@@ -302,13 +348,13 @@ def pick_decode_bucket(cfg: BucketConfig, batch_size: int, max_blocks: int) -> D
     """The decode bucket holding `batch_size` rows of up to `max_blocks` context blocks.
     Raises BucketOverflowError when either exceeds its largest bucket."""
     return DecodeBucket(
-        pick_bucket(batch_buckets(cfg), batch_size, name="batch_size"),
+        pick_bucket(decode_batch_buckets(cfg), batch_size, name="batch_size"),
         pick_bucket(block_buckets(cfg), max_blocks, name="max_blocks"),
     )
 
 
 def padding_ratio(real_tokens: int, padded_tokens: int) -> float:
-    """The fraction of a padded step that is padding, in [0, 1).
+    """The fraction of a padded step that is padding, in [0, 1].
 
     >>> padding_ratio(48, 64)
     0.25
@@ -336,16 +382,35 @@ def _pow2_floor(value: int) -> int:
     return 1 << (value.bit_length() - 1)
 
 
-def _check_range(name: str, bucket_range: object) -> None:
-    if not isinstance(bucket_range, BucketRange):
-        raise ValueError(f"{name} must be a BucketRange(min, step, max), got {bucket_range!r}")
-    _check_int(f"{name}.min", bucket_range.min, 1, "1")
-    _check_int(f"{name}.step", bucket_range.step, 1, "1")
-    _check_int(
-        f"{name}.max", bucket_range.max, bucket_range.min, f"{name}.min ({bucket_range.min})"
+def _dim_min(dim: BucketDim) -> int:
+    return dim.min if isinstance(dim, BucketRange) else dim[0]
+
+
+def _as_dim(name: str, dim: object) -> BucketDim:
+    """`dim` validated, with a list of values turned into a tuple."""
+    if isinstance(dim, BucketRange):
+        _check_int(f"{name}.min", dim.min, 1, "1")
+        _check_int(f"{name}.step", dim.step, 1, "1")
+        _check_int(f"{name}.max", dim.max, dim.min, f"{name}.min ({dim.min})")
+        return dim
+    values = tuple(dim) if isinstance(dim, (list, tuple)) else ()
+    is_valid = (
+        bool(values)
+        and all(_is_int(v) and v >= 1 for v in values)
+        and all(a < b for a, b in itertools.pairwise(values))
     )
+    if not is_valid:
+        raise ValueError(
+            f"{name} must be a BucketRange(min, step, max) or a non-empty, strictly "
+            f"increasing list of integers >= 1, got {dim!r}"
+        )
+    return values
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_int(name: str, value: object, minimum: int, minimum_text: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if not _is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum_text}, got {value!r}")

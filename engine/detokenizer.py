@@ -22,6 +22,7 @@ class IncrementalDetokenizer:
         self.read_offset = len(prompt_token_ids)
         self.text = ""
         self.stopped = False
+        self.matched_stop: str | None = None
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -42,9 +43,10 @@ class IncrementalDetokenizer:
 
     def _check_stop(self, new_text_start: int) -> None:
         search_from = max(new_text_start - self.max_stop_len + 1, 0)
-        hits = [i for s in self.stop if (i := self.text.find(s, search_from)) >= 0]
+        hits = [(i, s) for s in self.stop if (i := self.text.find(s, search_from)) >= 0]
         if hits:
-            self.text = self.text[: min(hits)]
+            index, self.matched_stop = min(hits)
+            self.text = self.text[:index]
             self.stopped = True
 
     def visible_text(self, finished: bool) -> str:

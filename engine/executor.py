@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from engine.config import EngineConfig
 from engine.devices import Device, get_device
 from engine.loader import KVSpec, load_config, load_model, resolve_dtype
 from engine.model_input import ModelInput
@@ -24,6 +25,9 @@ class Executor(Protocol):
     def execute(self, inp: ModelInput) -> SamplerOutput: ...
 
     def shutdown(self) -> None: ...
+
+    @property
+    def is_healthy(self) -> bool: ...
 
 
 class LocalExecutor:
@@ -54,5 +58,19 @@ class LocalExecutor:
         self.device.mark_step()
         return out
 
+    @property
+    def is_healthy(self) -> bool:
+        return True
+
     def shutdown(self) -> None:
         self.runner.kv_caches = []
+
+
+def create_executor(config: EngineConfig, model_path: Path) -> Executor:
+    """LocalExecutor for tp_size 1; the tensor-parallel executor (sharding/, Ray actors)
+    otherwise. NOTE: imported lazily so `import engine` never imports Ray."""
+    if config.tp_size == 1:
+        return LocalExecutor(model_path, config.device, config.dtype, config.block_size)
+    from sharding.executor import TPExecutor
+
+    return TPExecutor(model_path, config)

@@ -16,10 +16,10 @@ from engine.block_manager import BlockManager
 from engine.config import DEFAULT_MAX_MODEL_LEN_CAP, EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import EmptyPromptError, PromptTooLongError
-from engine.executor import Executor, LocalExecutor
+from engine.executor import Executor, create_executor
 from engine.loader import load_config, load_tokenizer, resolve_model_path
 from engine.model_input import build_model_input, natural_shape
-from engine.output_processor import RequestState, StopRule, finish_reason, make_output
+from engine.output_processor import RequestState, StopRule, check_stop, make_output
 from engine.outputs import RequestOutput, TokenLogprob
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput, StepKind
@@ -50,9 +50,7 @@ class Engine:
         if not config.skip_tokenizer_init:
             self.tokenizer = load_tokenizer(resolve_model_path(config.tokenizer or self.model_path))
         self.config = config.replace(max_model_len=self._resolve_max_model_len(config))
-        self.executor = executor or LocalExecutor(
-            self.model_path, config.device, config.dtype, config.block_size
-        )
+        self.executor = executor or create_executor(config, self.model_path)
         num_blocks = self._size_kv_cache()
         self.executor.init_kv_cache(num_blocks)
         self.block_manager = BlockManager(
@@ -203,14 +201,16 @@ class Engine:
                 n = seq.params.logprobs
                 state.logprobs.append(TokenLogprob(token, chosen, dict(top[:n])))
             state.detokenizer.update(seq.token_ids)
-            reason = finish_reason(state, token, self.stop_rule)
-            if reason is not None:
+            check_stop(state, token, self.stop_rule)
+            finished = seq.finish_reason is not None
+            if finished:
                 state.detokenizer.flush(seq.token_ids)
-                seq.finish_reason = "stop" if state.detokenizer.stopped else reason
+                if state.detokenizer.stopped:  # the flushed tail completed a stop string
+                    seq.finish_reason, seq.stop_reason = "stop", state.detokenizer.matched_stop
                 self.scheduler.finish(seq)
                 del self.requests[seq.request_id]
-            if stream or reason is not None:
-                outputs.append(make_output(state, finished=reason is not None))
+            if stream or finished:
+                outputs.append(make_output(state, finished=finished))
         return outputs
 
     def stats(self) -> EngineStats:

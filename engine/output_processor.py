@@ -29,17 +29,15 @@ class StopRule:
     max_model_len: int = 0
 
 
-def finish_reason(state: RequestState, token: int, rule: StopRule) -> str | None:
+def check_stop(state: RequestState, token: int, rule: StopRule) -> None:
+    """Set seq.finish_reason ("stop" | "length") and seq.stop_reason if seq is done."""
     seq, params = state.seq, state.seq.params
     if state.detokenizer.stopped:
-        return "stop"
-    if not params.ignore_eos and token in rule.eos_token_ids:
-        return "stop"
-    if token in params.stop_token_ids:
-        return "stop"
-    if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= rule.max_model_len:
-        return "length"
-    return None
+        seq.finish_reason, seq.stop_reason = "stop", state.detokenizer.matched_stop
+    elif (not params.ignore_eos and token in rule.eos_token_ids) or token in params.stop_token_ids:
+        seq.finish_reason, seq.stop_reason = "stop", token
+    elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= rule.max_model_len:
+        seq.finish_reason = "length"
 
 
 def make_output(state: RequestState, finished: bool) -> RequestOutput:
@@ -54,4 +52,5 @@ def make_output(state: RequestState, finished: bool) -> RequestOutput:
         finish_reason=seq.finish_reason,
         logprobs=list(state.logprobs) if state.logprobs is not None else None,
         num_cached_tokens=seq.num_cached_tokens,
+        stop_reason=seq.stop_reason,
     )

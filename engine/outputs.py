@@ -30,6 +30,9 @@ class RequestOutput:
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] | None = None
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    # What ended a "stop": the matched stop string, or the stop token id (an EOS id too);
+    # None for "length".
+    stop_reason: str | int | None = None
 
     @property
     def num_generated_tokens(self) -> int:

@@ -46,6 +46,7 @@ class Sequence:
         self.num_hashed_blocks = 0  # leading full blocks already published to the prefix cache
         self.num_preemptions = 0
         self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -62,6 +62,7 @@ def test_max_tokens_and_stop_token_ids(tiny_model_dir, make_llm):
         SamplingParams(max_tokens=24, temperature=0, stop_token_ids=[stop_id], ignore_eos=True),
     )[0]
     assert out.token_ids == reference[: first + 1] and out.finish_reason == "stop"
+    assert out.stop_reason == stop_id
 
 
 def test_eos_stops_unless_ignored(tiny_model_dir, make_llm):
@@ -92,6 +93,7 @@ def test_stop_strings_are_excluded_and_never_leak(tiny_model_dir, make_llm):
         SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, stop=[stop, "\x00never"]),
     )[0]
     assert out.text == text[: text.index(stop)] and out.finish_reason == "stop"
+    assert out.stop_reason == stop
     # Streaming: no intermediate output may show any part of the stop string.
     engine: Engine = llm.engine
     engine.add_request(

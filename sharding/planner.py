@@ -1,0 +1,484 @@
+"""The tensor-parallel planner: from a model's config.json and a card type to a TP degree.
+
+Everything is arithmetic on the config's dimensions; no weights are read. For each TP degree
+``tp`` (powers of two up to ``cards_per_node``) one card holds, in bytes:
+
+    budget    = memory_utilization * card memory          (host memory: also / tp, see below)
+    weights   = (block_linear_params * num_bytes + embedding_params * unquantized_bytes) / tp
+    workspace = max_num_batched_tokens * act_bytes * (2 * hidden + 3 * ffn_per_token / tp)
+                + concurrency * vocab * 4
+    KV cache  = budget - weights - workspace
+    KV/token  = 2 (K and V) * num_layers * (num_kv_heads / tp) * head_dim * kv_bytes
+
+``num_bytes`` and ``unquantized_bytes`` come from sharding.hardware.DTYPES (fp8 quantizes
+only the block linears); act_bytes is the unquantized size. Workspace is the activation
+peak of one prefill step: the residual stream and its normed
+copy (2 * hidden per token, replicated on every rank) plus the MLP's gate, up and product
+(3 * intermediate per token, sharded; for MoE ``ffn_per_token`` is experts_per_tok *
+intermediate), plus fp32 logits for ``concurrency`` rows. What it leaves out (graph and
+allocator overhead, communication buffers, the gap between marketed and reported memory) is
+what ``memory_utilization`` (0.9 by default, as in vLLM) keeps free. Norms, biases and MoE
+routers are not counted (under 0.01% of parameters in every model in the tests).
+
+A degree is valid when it is a power of two no larger than cards_per_node that divides
+num_key_value_heads (and so num_attention_heads, a multiple of it). KV heads are never
+replicated: DeepSpeed AutoTP, which shards the model here, gives ranks beyond num_kv_heads
+zero KV heads (deepspeed.module_inject.tp_shard.get_shard_size) instead of the copies vLLM
+would make. The planner picks the smallest valid degree whose KV cache holds
+concurrency * max_model_len tokens, so every sequence can reach max_model_len at once.
+
+On ``cpu`` all ranks of a node share one host memory: a degree-tp group gets 1/tp of it per
+rank, TP never adds memory, and one replica fills the node.
+
+Worked example (Llama-3.1-70B, bfloat16, gaudi2 = 96 GiB, max_model_len 8192, concurrency 1):
+70.55e9 params * 2 B = 131.4 GiB of weights > 86.4 GiB budget, so tp 1 is rejected; at tp 2
+each card holds 65.7 GiB of weights and 20.5 GiB of KV cache at 160 KiB per token
+(2 * 80 layers * 4 KV heads * 128 * 2 B), about 134,000 tokens: tp 2, 4 replicas per node.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+from sharding.hardware import CardSpec, GiB, get_card, get_dtype
+
+__all__ = [
+    "Candidate",
+    "ModelSpec",
+    "Plan",
+    "Verdict",
+    "plan",
+    "valid_tp_sizes",
+]
+
+LOGITS_BYTES = 4  # sampling reads fp32 logits
+# transformers' per-class default for tie_word_embeddings when config.json omits it; the
+# base PretrainedConfig default (True) applies to every other model_type.
+_TIED_DEFAULTS = {"llama": False, "mistral": False, "mixtral": False, "qwen2": False}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The dimensions of a decoder-only transformer that decide its memory, from config.json.
+
+    intermediate_size is per expert for MoE models (num_experts > 1). is_gated_mlp: three
+    matrices per MLP (Llama-style gate/up/down) rather than two (Falcon's up/down).
+    """
+
+    name: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    is_tied_embeddings: bool
+    is_gated_mlp: bool = True
+    num_experts: int = 1
+    num_experts_per_tok: int = 1
+    max_position_embeddings: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_kv_heads < 1 or self.num_attention_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} must be a multiple of "
+                f"num_key_value_heads={self.num_kv_heads}"
+            )
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], name: str | None = None) -> ModelSpec:
+        """Read a Hugging Face config dict (Llama, Mistral, Mixtral, Qwen2, Falcon, ...)."""
+        if "text_config" in config and "num_hidden_layers" not in config:
+            config = config["text_config"]
+        if "moe_intermediate_size" in config:
+            raise ValueError(
+                "config has moe_intermediate_size (shared/fine-grained experts); the planner "
+                "supports dense models and Mixtral-style MoE only"
+            )
+        model_type = str(config.get("model_type", "unknown"))
+        num_heads = _int(config, "num_attention_heads", "n_head")
+        hidden_size = _int(config, "hidden_size", "n_embd")
+        if config.get("head_dim"):
+            head_dim = int(config["head_dim"])
+        elif hidden_size % num_heads == 0:
+            head_dim = hidden_size // num_heads
+        else:
+            raise ValueError(
+                f"hidden_size={hidden_size} is not a multiple of num_attention_heads="
+                f"{num_heads}, and config.json has no head_dim"
+            )
+        is_falcon = model_type == "falcon"
+        return cls(
+            name=name or str(config.get("_name_or_path") or model_type),
+            model_type=model_type,
+            num_layers=_int(config, "num_hidden_layers", "n_layer"),
+            hidden_size=hidden_size,
+            num_attention_heads=num_heads,
+            num_kv_heads=_falcon_kv_heads(config, num_heads) if is_falcon else _kv_heads(config),
+            head_dim=head_dim,
+            intermediate_size=(
+                int(config.get("ffn_hidden_size") or 4 * hidden_size)
+                if is_falcon
+                else _int(config, "intermediate_size")
+            ),
+            vocab_size=_int(config, "vocab_size"),
+            is_tied_embeddings=bool(
+                config.get("tie_word_embeddings", _TIED_DEFAULTS.get(model_type, True))
+            ),
+            is_gated_mlp=not is_falcon,
+            num_experts=int(config.get("num_local_experts") or 1),
+            num_experts_per_tok=int(config.get("num_experts_per_tok") or 1),
+            max_position_embeddings=config.get("max_position_embeddings"),
+        )
+
+    @classmethod
+    def from_path(cls, path: str | pathlib.Path) -> ModelSpec:
+        """Read ``path``: a config.json file or a model directory holding one."""
+        path = pathlib.Path(path)
+        config_path = path / "config.json" if path.is_dir() else path
+        if not config_path.is_file():
+            raise FileNotFoundError(f"model: no config.json at {config_path}")
+        name = (path if path.is_dir() else path.parent).name
+        return cls.from_config(json.loads(config_path.read_text()), name=name)
+
+    @property
+    def num_block_linear_params(self) -> int:
+        """Attention and MLP weight matrices of all decoder blocks (what fp8 quantizes)."""
+        q_and_o = 2 * self.hidden_size * self.num_attention_heads * self.head_dim
+        k_and_v = 2 * self.hidden_size * self.num_kv_heads * self.head_dim
+        num_mlp_matrices = 3 if self.is_gated_mlp else 2
+        mlp = num_mlp_matrices * self.hidden_size * self.intermediate_size * self.num_experts
+        return self.num_layers * (q_and_o + k_and_v + mlp)
+
+    @property
+    def num_embedding_params(self) -> int:
+        """Input embedding plus lm_head (one matrix when tied)."""
+        return self.vocab_size * self.hidden_size * (1 if self.is_tied_embeddings else 2)
+
+    @property
+    def num_params(self) -> int:
+        return self.num_block_linear_params + self.num_embedding_params
+
+    @property
+    def ffn_per_token(self) -> int:
+        """MLP width one token passes through (MoE: its experts_per_tok experts)."""
+        return self.intermediate_size * min(self.num_experts_per_tok, self.num_experts)
+
+
+def _int(config: dict[str, Any], *keys: str) -> int:
+    for key in keys:
+        if config.get(key) is not None:
+            return int(config[key])
+    raise ValueError(f"config.json lacks {' / '.join(keys)}")
+
+
+def _kv_heads(config: dict[str, Any]) -> int:
+    value = config.get("num_key_value_heads")
+    return int(value) if value else _int(config, "num_attention_heads", "n_head")
+
+
+def _falcon_kv_heads(config: dict[str, Any], num_heads: int) -> int:
+    # As transformers' FalconAttention: the new decoder architecture (40B, 180B) has
+    # num_kv_heads groups; the old one is multi-query (7B: one KV head) or plain multi-head.
+    if config.get("new_decoder_architecture"):
+        return _int(config, "num_kv_heads", "n_head_kv")
+    return 1 if config.get("multi_query", True) else num_heads
+
+
+class Verdict(str, Enum):
+    FITS = "fits"
+    INVALID_HEADS = "invalid degree"
+    WEIGHTS_DO_NOT_FIT = "weights do not fit"
+    KV_DOES_NOT_FIT = "KV cache too small"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One TP degree, evaluated. Byte counts are per card; None where the degree is invalid."""
+
+    tp_size: int
+    verdict: Verdict
+    reason: str
+    weight_bytes_per_card: int | None = None
+    workspace_bytes_per_card: int | None = None
+    kv_bytes_per_token_per_card: int | None = None
+    kv_capacity_tokens: int | None = None
+
+    @property
+    def is_fit(self) -> bool:
+        return self.verdict is Verdict.FITS
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's answer; ``tp_size`` is None when no degree fits on one node."""
+
+    model: ModelSpec
+    card: CardSpec
+    dtype: str
+    kv_cache_dtype: str
+    max_model_len: int
+    concurrency: int
+    memory_utilization: float
+    cards_per_node: int
+    max_num_batched_tokens: int
+    candidates: tuple[Candidate, ...]
+    tp_size: int | None
+    is_tp_explicit: bool = False
+
+    @property
+    def chosen(self) -> Candidate | None:
+        return next((c for c in self.candidates if c.tp_size == self.tp_size), None)
+
+    @property
+    def is_fit(self) -> bool:
+        return self.chosen is not None and self.chosen.is_fit
+
+    @property
+    def num_tokens_needed(self) -> int:
+        return self.concurrency * self.max_model_len
+
+    @property
+    def num_replicas_per_node(self) -> int:
+        if not self.is_fit or self.tp_size is None:
+            return 0
+        return 1 if self.card.is_host_memory else self.cards_per_node // self.tp_size
+
+    @property
+    def max_full_length_seqs(self) -> int:
+        """Sequences at max_model_len the chosen degree's KV cache holds at once."""
+        chosen = self.chosen
+        if chosen is None or not chosen.kv_capacity_tokens:
+            return 0
+        return chosen.kv_capacity_tokens // self.max_model_len
+
+    @property
+    def rejected(self) -> tuple[Candidate, ...]:
+        """Why each smaller degree (every degree, when none fits) was not chosen."""
+        limit = self.tp_size if self.tp_size is not None else math.inf
+        return tuple(c for c in self.candidates if c.tp_size < limit and not c.is_fit)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        max_positions = self.model.max_position_embeddings
+        if max_positions is not None and self.max_model_len > max_positions:
+            return (
+                f"max_model_len {self.max_model_len} exceeds the model's "
+                f"max_position_embeddings {max_positions}",
+            )
+        return ()
+
+    @property
+    def summary(self) -> str:
+        """One line: the decision, or why nothing fits."""
+        chosen = self.chosen
+        if chosen is not None and chosen.is_fit:
+            where = "host" if self.card.is_host_memory else f"{self.cards_per_node}-card node"
+            return (
+                f"tp {self.tp_size}: {self.num_replicas_per_node} replica(s) per {where}, "
+                f"KV cache {chosen.kv_capacity_tokens:,} tokens per replica "
+                f"({self.max_full_length_seqs} sequences of {self.max_model_len:,} tokens)"
+            )
+        if chosen is not None:
+            return f"tp {self.tp_size} (requested) does not fit: {chosen.reason}"
+        return _no_fit_summary(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the inputs, the model's counts, every candidate and the decision."""
+        return {
+            **asdict(self),
+            "num_params": self.model.num_params,
+            "num_tokens_needed": self.num_tokens_needed,
+            "is_fit": self.is_fit,
+            "num_replicas_per_node": self.num_replicas_per_node,
+            "max_full_length_seqs": self.max_full_length_seqs,
+            "summary": self.summary,
+            "notes": list(self.notes),
+        }
+
+
+def _no_fit_summary(result: Plan) -> str:
+    card = result.card
+    largest = [c for c in result.candidates if c.verdict is not Verdict.INVALID_HEADS][-1]
+    if largest.verdict is Verdict.KV_DOES_NOT_FIT:
+        return (
+            f"does not fit on one node of {result.cards_per_node} x {card.name}: at tp "
+            f"{largest.tp_size} the {largest.reason}; lower concurrency or max_model_len"
+        )
+    if card.is_host_memory:
+        return f"does not fit in {card.description}: {largest.reason}"
+    weight_bytes = result.candidates[0].weight_bytes_per_card or 0  # tp 1 is always valid
+    min_cards = math.ceil(weight_bytes / (result.memory_utilization * card.memory_bytes))
+    return (
+        f"does not fit on one node of {result.cards_per_node} x {card.name}: the weights alone "
+        f"({weight_bytes / GiB:.1f} GiB) need at least {min_cards} cards at "
+        f"memory_utilization {result.memory_utilization:.2f}; use fp8 weights, a card with more "
+        f"memory, or several nodes (pipeline parallelism, which this planner does not plan)"
+    )
+
+
+def _powers_of_two(limit: int) -> list[int]:
+    return [1 << i for i in range(max(limit, 0).bit_length())]
+
+
+def valid_tp_sizes(model: ModelSpec, cards_per_node: int = 8) -> list[int]:
+    """Powers of two up to cards_per_node that divide num_kv_heads (see the module docstring)."""
+    return [tp for tp in _powers_of_two(cards_per_node) if model.num_kv_heads % tp == 0]
+
+
+def _invalid_reason(model: ModelSpec, tp: int, cards_per_node: int) -> str | None:
+    if tp < 1:
+        return f"tp_size={tp} is not >= 1"
+    if model.num_kv_heads % tp:
+        return f"tp_size={tp} does not divide num_key_value_heads={model.num_kv_heads}"
+    if tp & (tp - 1):
+        return f"tp_size={tp} is not a power of two"
+    if tp > cards_per_node:
+        return f"tp_size={tp} exceeds cards_per_node={cards_per_node}"
+    return None
+
+
+def plan(
+    model: ModelSpec | str | pathlib.Path | dict[str, Any],
+    card: CardSpec | str,
+    dtype: str = "bfloat16",
+    max_model_len: int = 8192,
+    concurrency: int = 1,
+    tp_size: int | None = None,
+    memory_utilization: float = 0.9,
+    cards_per_node: int = 8,
+    kv_cache_dtype: str | None = None,
+    max_num_batched_tokens: int = 2048,
+) -> Plan:
+    """Pick the smallest TP degree that holds the weights and concurrency * max_model_len
+    tokens of KV cache on one node of ``card``; see the module docstring for the formulas.
+
+    model: a ModelSpec, a config dict, or a path to config.json or a model directory.
+    card: a CardSpec or a name from sharding.hardware.CARDS (``cpu`` needs a CardSpec from
+        ``get_card("cpu", cpu_memory_gb=...)``).
+    kv_cache_dtype: None = bfloat16 for fp8 weights (the usual fp8 recipe), else ``dtype``.
+    tp_size: evaluate this degree instead of choosing; raises ValueError when it is not a
+        valid degree (the message lists the valid ones).
+    """
+    spec = _as_model_spec(model)
+    card_spec = card if isinstance(card, CardSpec) else get_card(card)
+    get_dtype(dtype)
+    kv_cache_dtype = kv_cache_dtype or ("bfloat16" if dtype == "fp8" else dtype)
+    get_dtype(kv_cache_dtype, field="kv_cache_dtype")
+    _check_positive(max_model_len=max_model_len, concurrency=concurrency)
+    _check_positive(cards_per_node=cards_per_node, max_num_batched_tokens=max_num_batched_tokens)
+    if not 0.0 < memory_utilization <= 1.0:
+        raise ValueError(f"memory_utilization must be in (0, 1], got {memory_utilization!r}")
+    if tp_size is not None and (reason := _invalid_reason(spec, tp_size, cards_per_node)):
+        raise ValueError(
+            f"{reason} for {spec.name}; valid tp_size values with cards_per_node="
+            f"{cards_per_node}: {valid_tp_sizes(spec, cards_per_node)}"
+        )
+    settings = dict(
+        dtype=dtype,
+        kv_cache_dtype=kv_cache_dtype,
+        max_model_len=max_model_len,
+        concurrency=concurrency,
+        memory_utilization=memory_utilization,
+        cards_per_node=cards_per_node,
+        max_num_batched_tokens=max_num_batched_tokens,
+    )
+    candidates = tuple(
+        _evaluate(spec, card_spec, tp, **settings) for tp in _powers_of_two(cards_per_node)
+    )
+    is_tp_explicit = tp_size is not None
+    if tp_size is None:
+        tp_size = next((c.tp_size for c in candidates if c.is_fit), None)
+    return Plan(
+        model=spec,
+        card=card_spec,
+        candidates=candidates,
+        tp_size=tp_size,
+        is_tp_explicit=is_tp_explicit,
+        **settings,
+    )
+
+
+def _evaluate(
+    model: ModelSpec,
+    card: CardSpec,
+    tp: int,
+    *,
+    dtype: str,
+    kv_cache_dtype: str,
+    max_model_len: int,
+    concurrency: int,
+    memory_utilization: float,
+    cards_per_node: int,
+    max_num_batched_tokens: int,
+) -> Candidate:
+    invalid = _invalid_reason(model, tp, cards_per_node)
+    if invalid is not None:
+        return Candidate(tp, Verdict.INVALID_HEADS, invalid)
+    weights = get_dtype(dtype)
+    budget = memory_utilization * card.memory_bytes / (tp if card.is_host_memory else 1)
+    weight_bytes = math.ceil(
+        (
+            model.num_block_linear_params * weights.num_bytes
+            + model.num_embedding_params * weights.unquantized_bytes
+        )
+        / tp
+    )
+    # Activation peak of one prefill step plus the logits (module docstring).
+    activation_elems = 2 * model.hidden_size + 3 * model.ffn_per_token // tp
+    workspace_bytes = (
+        max_num_batched_tokens * weights.unquantized_bytes * activation_elems
+        + concurrency * model.vocab_size * LOGITS_BYTES
+    )
+    kv_elem_bytes = get_dtype(kv_cache_dtype).num_bytes
+    kv_per_token = 2 * model.num_layers * (model.num_kv_heads // tp) * model.head_dim
+    kv_per_token *= kv_elem_bytes
+    sizes = dict(
+        weight_bytes_per_card=weight_bytes,
+        workspace_bytes_per_card=workspace_bytes,
+        kv_bytes_per_token_per_card=kv_per_token,
+    )
+    free_bytes = budget - weight_bytes - workspace_bytes
+    if free_bytes <= 0:
+        reason = (
+            f"weights {_gib(weight_bytes)} + workspace {_gib(workspace_bytes)} per card exceed "
+            f"the {_gib(budget)} budget ({memory_utilization:.2f} x {_gib(card.memory_bytes)}"
+            f"{f' / {tp} ranks' if card.is_host_memory and tp > 1 else ''})"
+        )
+        return Candidate(tp, Verdict.WEIGHTS_DO_NOT_FIT, reason, **sizes)
+    capacity = int(free_bytes // kv_per_token)
+    needed = concurrency * max_model_len
+    if capacity < needed:
+        reason = (
+            f"KV cache holds {capacity:,} tokens ({_gib(free_bytes)} per card at "
+            f"{kv_per_token / 1024:g} KiB per token), the target needs {needed:,} "
+            f"(concurrency {concurrency} x max_model_len {max_model_len:,})"
+        )
+        return Candidate(tp, Verdict.KV_DOES_NOT_FIT, reason, kv_capacity_tokens=capacity, **sizes)
+    reason = f"holds {capacity:,} KV tokens >= {needed:,} needed"
+    return Candidate(tp, Verdict.FITS, reason, kv_capacity_tokens=capacity, **sizes)
+
+
+def _as_model_spec(model: ModelSpec | str | pathlib.Path | dict[str, Any]) -> ModelSpec:
+    if isinstance(model, ModelSpec):
+        return model
+    if isinstance(model, dict):
+        return ModelSpec.from_config(model)
+    return ModelSpec.from_path(model)
+
+
+def _check_positive(**values: int) -> None:
+    for field, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+
+
+def _gib(num_bytes: float) -> str:
+    return f"{num_bytes / GiB:.1f} GiB"

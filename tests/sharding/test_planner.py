@@ -1,0 +1,305 @@
+"""The TP planner on six public models' config.json files (written from their published
+dimensions), its refusals, and `gaudi-serve plan`.
+
+Each expected TP degree is reasoned from arithmetic in a comment. Shorthands: budget =
+0.9 x card memory (GiB = 2**30 bytes); bf16 weights = 2 bytes x params; the workspace is
+under 1 GiB per card in every case here, so the margins below are wider than it.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from published_configs import PUBLISHED_CONFIGS, PUBLISHED_NUM_PARAMS_B, write_configs
+
+from cluster.cli import main
+from sharding.hardware import CARDS, GiB, get_card
+from sharding.planner import ModelSpec, Verdict, plan, valid_tp_sizes
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict[str, pathlib.Path]:
+    return write_configs(tmp_path_factory.mktemp("configs"))
+
+
+@pytest.fixture(scope="module")
+def specs(model_dirs) -> dict[str, ModelSpec]:
+    return {name: ModelSpec.from_path(path) for name, path in model_dirs.items()}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_CONFIGS))
+def test_parameter_count_is_within_2_percent_of_the_published_figure(specs, name):
+    # Falcon-180B counts 178.6 B with its lm_head tied to the embedding (FalconConfig's
+    # default); 179.5 B counts the 0.97 B embedding twice.
+    published = PUBLISHED_NUM_PARAMS_B[name] * 1e9
+    assert specs[name].num_params == pytest.approx(published, rel=0.02)
+
+
+def test_config_quirks_are_read(specs, model_dirs):
+    falcon = specs["Falcon-180B"]
+    # new_decoder_architecture: num_kv_heads groups, not multi_query's single KV head.
+    assert (falcon.num_kv_heads, falcon.head_dim, falcon.intermediate_size) == (8, 64, 4 * 14848)
+    assert falcon.is_tied_embeddings and not falcon.is_gated_mlp
+    mixtral = specs["Mixtral-8x7B"]
+    assert (mixtral.num_experts, mixtral.ffn_per_token) == (8, 2 * 14336)
+    # A directory, its config.json and the dict all read the same.
+    llama = specs["Llama-3.1-8B"]
+    assert ModelSpec.from_path(model_dirs["Llama-3.1-8B"] / "config.json") == llama
+    from_dict = ModelSpec.from_config(PUBLISHED_CONFIGS["Llama-3.1-8B"], name="Llama-3.1-8B")
+    assert from_dict == llama
+
+
+def test_old_falcon_is_multi_query():
+    # Falcon-7B: multi_query without the new decoder architecture means one KV head, so
+    # only tp 1 is valid; without multi_query every head has its own K and V.
+    falcon_7b = {
+        "model_type": "falcon",
+        "hidden_size": 4544,
+        "num_attention_heads": 71,
+        "num_hidden_layers": 32,
+        "multi_query": True,
+        "new_decoder_architecture": False,
+        "vocab_size": 65024,
+    }
+    spec = ModelSpec.from_config(falcon_7b)
+    assert spec.num_kv_heads == 1
+    assert spec.num_params == pytest.approx(6.92e9, rel=0.02)
+    assert valid_tp_sizes(spec) == [1]
+    assert ModelSpec.from_config({**falcon_7b, "multi_query": False}).num_kv_heads == 71
+
+
+@pytest.mark.parametrize(
+    ("name", "kv_bytes_per_token"),
+    [
+        ("Llama-3.1-8B", 2 * 32 * 8 * 128 * 2),  # K and V x layers x KV heads x head_dim x bf16
+        ("Llama-3.1-70B", 2 * 80 * 8 * 128 * 2),
+        ("Llama-3.1-405B", 2 * 126 * 8 * 128 * 2),
+        ("Mixtral-8x7B", 2 * 32 * 8 * 128 * 2),
+        ("Qwen2-72B", 2 * 80 * 8 * 128 * 2),
+        ("Falcon-180B", 2 * 80 * 8 * 64 * 2),
+    ],
+)
+def test_kv_bytes_per_token_split_across_ranks(specs, name, kv_bytes_per_token):
+    result = plan(specs[name], "gaudi3")
+    per_card = {c.tp_size: c.kv_bytes_per_token_per_card for c in result.candidates}
+    assert per_card == {tp: kv_bytes_per_token // tp for tp in (1, 2, 4, 8)}
+
+
+@pytest.mark.parametrize("card", sorted(CARDS))
+def test_8b_fits_one_card_of_every_type(specs, card):
+    # 8.03e9 x 2 B = 15.0 GiB, well under the smallest budget (0.9 x 80 = 72 GiB).
+    result = plan(specs["Llama-3.1-8B"], card)
+    assert result.tp_size == 1 and result.is_fit
+    assert result.num_replicas_per_node == 8
+    assert result.rejected == ()
+    assert result.chosen.weight_bytes_per_card == pytest.approx(15.0 * GiB, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("name", "card", "dtype", "expected_tp"),
+    [
+        # 70.55e9 x 2 B = 131.4 GiB > 72 (h100) or 86.4 (gaudi2) budget; half is 65.7 GiB.
+        ("Llama-3.1-70B", "h100", "bfloat16", 2),
+        ("Llama-3.1-70B", "gaudi2", "bfloat16", 2),
+        # fp8: 68.4e9 linears x 1 B + 2.1e9 embeddings x 2 B = 67.7 GiB < 72 GiB.
+        ("Llama-3.1-70B", "h100", "fp8", 1),
+        # 405.85e9 x 2 B = 756 GiB: 94.5 GiB at tp 8 fits 126.9 (h200) and 115.2 (gaudi3).
+        ("Llama-3.1-405B", "h200", "bfloat16", 8),
+        ("Llama-3.1-405B", "gaudi3", "bfloat16", 8),
+        # fp8: (401.6e9 x 1 B + 4.2e9 x 2 B) / 8 = 47.7 GiB per card < 72; tp 4 = 95 > 72.
+        ("Llama-3.1-405B", "h100", "fp8", 8),
+        # 46.70e9 x 2 B = 87.0 GiB: just over gaudi2's 86.4 GiB budget, under gaudi3's 115.2.
+        ("Mixtral-8x7B", "gaudi2", "bfloat16", 2),
+        ("Mixtral-8x7B", "gaudi3", "bfloat16", 1),
+        ("Mixtral-8x7B", "h200", "bfloat16", 1),
+        # 72.70e9 x 2 B = 135.4 GiB: over one h200 (126.9 budget), half fits an h100.
+        ("Qwen2-72B", "h200", "bfloat16", 2),
+        ("Qwen2-72B", "h100", "bfloat16", 2),
+        # 178.55e9 x 2 B = 332.6 GiB: tp 4 = 83.1 GiB fits gaudi2 (86.4), not h100 (72).
+        ("Falcon-180B", "gaudi2", "bfloat16", 4),
+        ("Falcon-180B", "h100", "bfloat16", 8),
+    ],
+)
+def test_smallest_degree_that_fits(specs, name, card, dtype, expected_tp):
+    result = plan(specs[name], card, dtype=dtype, max_model_len=8192)
+    assert result.tp_size == expected_tp and result.is_fit
+    assert result.num_replicas_per_node == 8 // expected_tp
+    assert result.chosen.kv_capacity_tokens >= 8192
+    # Every smaller degree was rejected because its weights do not fit, with the numbers.
+    assert [c.tp_size for c in result.rejected] == [tp for tp in (1, 2, 4) if tp < expected_tp]
+    for rejected in result.rejected:
+        assert rejected.verdict is Verdict.WEIGHTS_DO_NOT_FIT
+        assert "exceed the" in rejected.reason and "GiB budget" in rejected.reason
+
+
+def test_405b_bf16_does_not_fit_one_node_of_h100(specs):
+    # 756 GiB of weights / 8 = 94.5 GiB per card > 72 GiB budget; 756 / 72 -> 11 cards.
+    result = plan(specs["Llama-3.1-405B"], "h100", dtype="bfloat16")
+    assert result.tp_size is None and not result.is_fit
+    assert result.num_replicas_per_node == 0
+    assert [c.verdict for c in result.rejected] == [Verdict.WEIGHTS_DO_NOT_FIT] * 4
+    assert "does not fit on one node of 8 x h100" in result.summary
+    assert "at least 11 cards" in result.summary
+
+
+def test_target_concurrency_raises_the_degree(specs):
+    # 70B on h100 at tp 2: 72 - 65.7 - 0.3 GiB ~ 6 GiB of KV at 160 KiB/token ~ 39,000
+    # tokens, short of 32 x 8192 = 262,144; tp 4 holds ~ 39 GiB / 80 KiB ~ 510,000.
+    result = plan(specs["Llama-3.1-70B"], "h100", max_model_len=8192, concurrency=32)
+    assert result.tp_size == 4
+    tp2 = result.rejected[-1]
+    assert tp2.tp_size == 2 and tp2.verdict is Verdict.KV_DOES_NOT_FIT
+    assert 35_000 < tp2.kv_capacity_tokens < 45_000
+    assert "262,144" in tp2.reason
+    assert result.max_full_length_seqs >= 32
+
+
+def test_kv_that_fits_no_degree_says_so(specs):
+    # tp 8 holds ~1.45 M tokens of 70B KV on h100; 200 x 8192 = 1.64 M does not fit.
+    result = plan(specs["Llama-3.1-70B"], "h100", concurrency=200)
+    assert result.tp_size is None
+    assert result.rejected[-1].verdict is Verdict.KV_DOES_NOT_FIT
+    assert "lower concurrency or max_model_len" in result.summary
+
+
+def test_fp8_weights_keep_a_bf16_kv_cache_unless_asked(specs):
+    default = plan(specs["Llama-3.1-70B"], "h100", dtype="fp8")
+    assert default.kv_cache_dtype == "bfloat16"
+    fp8_kv = plan(specs["Llama-3.1-70B"], "h100", dtype="fp8", kv_cache_dtype="fp8")
+    assert fp8_kv.chosen.kv_bytes_per_token_per_card * 2 == (
+        default.chosen.kv_bytes_per_token_per_card
+    )
+    assert fp8_kv.chosen.kv_capacity_tokens > 1.9 * default.chosen.kv_capacity_tokens
+
+
+@pytest.mark.parametrize("tp_size", [3, 6, 16])
+def test_refuses_a_degree_that_does_not_divide_the_kv_heads(specs, tp_size):
+    with pytest.raises(ValueError) as error:
+        plan(specs["Llama-3.1-70B"], "gaudi2", tp_size=tp_size)
+    message = str(error.value)
+    assert f"tp_size={tp_size} does not divide num_key_value_heads=8" in message
+    assert "valid tp_size values with cards_per_node=8: [1, 2, 4, 8]" in message
+
+
+def test_refuses_multi_query_falcon_beyond_one_card():
+    # Falcon-7B has a single KV head (multi_query), which DeepSpeed AutoTP cannot split.
+    config = {"model_type": "falcon", "hidden_size": 4544, "num_attention_heads": 71}
+    config |= {"num_hidden_layers": 32, "multi_query": True, "vocab_size": 65024}
+    with pytest.raises(ValueError, match=r"num_key_value_heads=1.*: \[1\]"):
+        plan(config, "gaudi2", tp_size=2)
+    result = plan(config, "gaudi2")
+    assert result.tp_size == 1
+    assert [c.verdict for c in result.candidates[1:]] == [Verdict.INVALID_HEADS] * 3
+
+
+def test_config_with_heads_not_a_multiple_of_kv_heads_is_refused():
+    config = {**PUBLISHED_CONFIGS["Llama-3.1-8B"], "num_key_value_heads": 12}
+    with pytest.raises(ValueError, match="num_attention_heads=32 must be a multiple"):
+        ModelSpec.from_config(config)
+
+
+def test_an_explicit_degree_is_evaluated_not_chosen(specs):
+    result = plan(specs["Llama-3.1-8B"], "gaudi2", tp_size=4)
+    assert result.tp_size == 4 and result.is_tp_explicit and result.is_fit
+    assert result.num_replicas_per_node == 2
+    too_small = plan(specs["Llama-3.1-70B"], "h100", tp_size=1)
+    assert not too_small.is_fit and "(requested) does not fit" in too_small.summary
+
+
+def test_cpu_ranks_share_host_memory(specs):
+    # 15 GiB of 8B weights fit 64 GB of host memory (57.6 GB budget) once; TP adds none.
+    small = plan(specs["Llama-3.1-8B"], get_card("cpu", cpu_memory_gb=64))
+    assert small.tp_size == 1 and small.num_replicas_per_node == 1
+    # 131.4 GiB of 70B weights > 0.9 x 100 GB = 83.8 GiB at every degree.
+    big = plan(specs["Llama-3.1-70B"], get_card("cpu", cpu_memory_gb=100))
+    assert big.tp_size is None
+    assert all(c.verdict is Verdict.WEIGHTS_DO_NOT_FIT for c in big.candidates)
+    assert "/ 8 ranks" in big.candidates[-1].reason
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"card": "tpu"}, "card must be one of"),
+        ({"card": "cpu"}, "cpu_memory_gb"),
+        ({"dtype": "int4"}, "dtype must be one of"),
+        ({"kv_cache_dtype": "int8"}, "kv_cache_dtype must be one of"),
+        ({"max_model_len": 0}, "max_model_len"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"memory_utilization": 1.5}, "memory_utilization"),
+    ],
+)
+def test_bad_input_names_the_field(specs, kwargs, field):
+    arguments = {"card": "gaudi2", **kwargs}
+    with pytest.raises(ValueError, match=field):
+        plan(specs["Llama-3.1-8B"], **arguments)
+
+
+def test_missing_config_and_unsupported_moe(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        ModelSpec.from_path(tmp_path)
+    with pytest.raises(ValueError, match="moe_intermediate_size"):
+        ModelSpec.from_config({**PUBLISHED_CONFIGS["Mixtral-8x7B"], "moe_intermediate_size": 8})
+
+
+def test_max_model_len_past_the_models_context_is_noted(specs):
+    result = plan(specs["Mixtral-8x7B"], "gaudi3", max_model_len=65536)
+    assert result.notes == (
+        "max_model_len 65536 exceeds the model's max_position_embeddings 32768",
+    )
+
+
+def test_cli_report(model_dirs, capsys):
+    assert main(["plan", "--model", str(model_dirs["Llama-3.1-70B"]), "--card", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "fits  <- chosen" in out
+    assert "plan: tp 2: 4 replica(s) per 8-card node" in out
+    assert "tp 1: weights 131.4 GiB" in out
+
+
+def test_cli_exit_codes(model_dirs, capsys):
+    model_405b = str(model_dirs["Llama-3.1-405B"])
+    assert main(["plan", "--model", model_405b, "--card", "h100"]) == 1
+    assert "does not fit on one node" in capsys.readouterr().out
+    assert main(["plan", "--model", model_405b, "--card", "h100", "--tp", "3"]) == 2
+    assert "does not divide num_key_value_heads=8" in capsys.readouterr().err
+    assert main(["plan", "--model", model_405b, "--card", "mi300x"]) == 2
+    assert "'gaudi2', 'gaudi3', 'h100', 'h200', 'a100-80', 'cpu'" in capsys.readouterr().err
+
+
+def test_cli_table_for_several_models_and_cards(model_dirs, capsys):
+    models = [str(model_dirs["Llama-3.1-8B"]), str(model_dirs["Llama-3.1-405B"])]
+    assert main(["plan", "--model", *models, "--card", "gaudi2", "h100"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| model | params | gaudi2 | h100 |"
+    assert lines[2].startswith("| Llama-3.1-8B | 8.0 B | tp 1: 15.0 GiB, ")
+    assert lines[3].endswith("| does not fit on 8 cards | does not fit on 8 cards |")
+
+
+def test_cli_default_model_is_the_bundled_one(capsys):
+    from engine.assets import default_model_path
+
+    try:
+        expected_name = default_model_path().name
+    except FileNotFoundError:
+        assert main(["plan"]) == 2
+        assert "bundled model" in capsys.readouterr().err
+        return
+    assert main(["plan", "--card", "cpu", "--cpu-memory-gb", "8"]) == 0
+    assert f"model  {expected_name}:" in capsys.readouterr().out
+
+
+def test_cli_json_in_a_subprocess(model_dirs):
+    command = [sys.executable, "-m", "cluster.cli", "plan", "--json"]
+    command += ["--model", str(model_dirs["Mixtral-8x7B"]), "--card", "gaudi2"]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout)
+    assert (result["tp_size"], result["is_fit"], result["num_replicas_per_node"]) == (2, True, 4)
+    assert [c["verdict"] for c in result["candidates"]][:2] == ["weights do not fit", "fits"]
+    assert result["num_params"] == pytest.approx(46.7e9, rel=0.01)
