@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from engine.buckets import BucketConfig
+
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 BLOCK_SIZE_CHOICES = (8, 16, 32, 64, 128)
 DEFAULT_MAX_MODEL_LEN_CAP = 4096
@@ -20,6 +22,11 @@ class EngineConfig:
     kv_cache_tokens: size of the paged KV cache in tokens; None = sized from free memory
         (kv_cache_memory_fraction of it), capped at max_num_seqs * max_model_len.
     max_num_batched_tokens: token budget of one prefill step; longer prompts are chunked.
+    buckets: the static-shape grid; None = derived from the limits above (exponential).
+    warmup: run every bucket once (capturing graphs where the backend has them) before
+        the engine is ready.
+    strict_shapes: raise BucketMissError on a step whose shape was not warmed.
+    enable_graphs: capture and replay graphs on backends that have them (hpu, cuda).
     """
 
     model: str | None = None
@@ -36,6 +43,10 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     tp_size: int = 1
+    buckets: BucketConfig | None = None
+    warmup: bool = True
+    strict_shapes: bool = False
+    enable_graphs: bool = True
 
     def __post_init__(self) -> None:
         from engine.devices import DEVICE_CHOICES
@@ -53,6 +64,17 @@ class EngineConfig:
         fraction = self.kv_cache_memory_fraction
         if fraction is not None and not 0.0 < fraction <= 1.0:
             raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {fraction!r}")
+
+    def bucket_config(self) -> BucketConfig:
+        """The bucket grid: explicit, or derived from the limits (needs max_model_len)."""
+        if self.buckets is not None:
+            return self.buckets
+        return BucketConfig.from_limits(
+            max_num_seqs=self.max_num_seqs,
+            max_model_len=self.max_model_len,
+            block_size=self.block_size,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+        )
 
     def replace(self, **changes) -> EngineConfig:
         return dataclasses.replace(self, **changes)

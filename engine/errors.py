@@ -27,3 +27,7 @@ class UnsupportedModelError(ValueError):
 
 class EngineDeadError(RuntimeError):
     """The engine's step loop failed; requests in flight were failed with this error."""
+
+
+class BucketMissError(RuntimeError):
+    """strict_shapes: a step's padded shape was not warmed at start-up."""

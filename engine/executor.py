@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from engine.config import EngineConfig
-from engine.devices import Device, get_device
+from engine.devices import Device, MemoryStats, get_device
 from engine.loader import KVSpec, load_config, load_model, resolve_dtype
 from engine.model_input import ModelInput
 from engine.model_runner import ModelRunner
@@ -17,12 +17,19 @@ from engine.sampler import SamplerOutput
 class Executor(Protocol):
     kv_spec: KVSpec  # per rank
     default_kv_memory_fraction: float
+    graph_kinds: tuple[str, ...]
 
     def available_kv_bytes(self, memory_fraction: float) -> int: ...
 
     def init_kv_cache(self, num_blocks: int) -> None: ...
 
     def execute(self, inp: ModelInput) -> SamplerOutput: ...
+
+    def warmup(self, inp: ModelInput, capture: bool) -> None: ...
+
+    def runner_stats(self) -> dict[str, int]: ...
+
+    def memory_stats(self) -> MemoryStats: ...
 
     def shutdown(self) -> None: ...
 
@@ -53,10 +60,32 @@ class LocalExecutor:
     def init_kv_cache(self, num_blocks: int) -> None:
         self.runner.init_kv_cache(num_blocks)
 
+    @property
+    def graph_kinds(self) -> tuple[str, ...]:
+        """Step kinds replayed as graphs: none on eager backends."""
+        if not self.device.has_graphs:
+            return ()
+        return getattr(self.device, "graph_kinds", ("prefill", "decode"))
+
     def execute(self, inp: ModelInput) -> SamplerOutput:
         out = self.runner.execute(inp)
         self.device.mark_step()
         return out
+
+    def warmup(self, inp: ModelInput, capture: bool) -> None:
+        self.runner.warmup(inp, capture)
+        self.device.mark_step()
+
+    def runner_stats(self) -> dict[str, int]:
+        return {
+            "num_graph_replays": self.runner.num_graph_replays,
+            "num_eager_runs": self.runner.num_eager_runs,
+            "num_graphs": len(self.runner.graphs),
+        }
+
+    def memory_stats(self) -> MemoryStats:
+        self.device.synchronize()
+        return self.device.memory_stats()
 
     @property
     def is_healthy(self) -> bool:

@@ -8,22 +8,25 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 
+from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from engine.block_manager import BlockManager
 from engine.config import DEFAULT_MAX_MODEL_LEN_CAP, EngineConfig
 from engine.detokenizer import IncrementalDetokenizer
-from engine.errors import EmptyPromptError, PromptTooLongError
+from engine.errors import BucketMissError, EmptyPromptError, PromptTooLongError
 from engine.executor import Executor, create_executor
 from engine.loader import load_config, load_tokenizer, resolve_model_path
-from engine.model_input import build_model_input, natural_shape
+from engine.model_input import build_model_input, dummy_model_input
 from engine.output_processor import RequestState, StopRule, check_stop, make_output
 from engine.outputs import RequestOutput, TokenLogprob
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput, StepKind
 from engine.sequence import Sequence
+from engine.shapes import StepShape, StepShaper, check_covers
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,18 @@ class EngineStats:
     num_prefill_tokens: int  # prompt tokens actually computed
     num_generated_tokens: int
     num_steps: int
+    num_bucket_misses: int  # steps whose padded shape was not warmed
+    num_real_tokens: int  # tokens fed to the model, padding excluded
+    num_padded_tokens: int  # tokens the padded steps computed
+    num_graph_replays: int
+    num_eager_runs: int
+    num_warmed_shapes: int
+    warmup_s: float
+
+    @property
+    def padding_ratio(self) -> float:
+        """Padded tokens per real token (1.0 = no padding)."""
+        return self.num_padded_tokens / self.num_real_tokens if self.num_real_tokens else 1.0
 
 
 class Engine:
@@ -49,22 +64,23 @@ class Engine:
         self.tokenizer = None
         if not config.skip_tokenizer_init:
             self.tokenizer = load_tokenizer(resolve_model_path(config.tokenizer or self.model_path))
-        self.config = config.replace(max_model_len=self._resolve_max_model_len(config))
+        self.config = config = config.replace(max_model_len=self._resolve_max_model_len(config))
+        self.shaper = StepShaper(config.bucket_config(), config.block_size)
+        check_covers(self.shaper, config.max_model_len)
         self.executor = executor or create_executor(config, self.model_path)
-        num_blocks = self._size_kv_cache()
-        self.executor.init_kv_cache(num_blocks)
+        self.warmed: set[StepShape] = set()
+        self.warmup_s = 0.0
+        num_blocks = self._warm_up_and_size_kv_cache()
         self.block_manager = BlockManager(
             num_blocks, config.block_size, config.enable_prefix_caching
         )
-        self.scheduler = Scheduler(
-            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
-        )
-        self.stop_rule = StopRule(self._eos_token_ids(), self.config.max_model_len)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, self.shaper)
+        self.stop_rule = StopRule(self._eos_token_ids(), config.max_model_len)
         self.requests: dict[str, RequestState] = {}
         self._rng = random.Random(config.seed)
-        self._num_prefill_tokens = 0
-        self._num_generated_tokens = 0
-        self._num_steps = 0
+        self._counters = dict.fromkeys(
+            ("prefill", "generated", "steps", "misses", "real", "padded"), 0
+        )
 
     # -- set-up -------------------------------------------------------------------------
     def _resolve_max_model_len(self, config: EngineConfig) -> int:
@@ -77,6 +93,35 @@ class Engine:
                 f"max_position_embeddings {model_max}; allowed: 2..{model_max}"
             )
         return config.max_model_len
+
+    def _warm_up_and_size_kv_cache(self) -> int:
+        """Warm every bucket eagerly on a one-block cache (only the padding block is
+        touched), so the activation peak is taken before the KV cache is sized from what
+        is left; then allocate the cache and capture graphs, which reference it."""
+        shapes = self.shaper.warmup_shapes() if self.config.warmup else []
+        start = time.perf_counter()
+        self.executor.init_kv_cache(1)
+        for shape in tqdm(shapes, desc="warmup", disable=None):
+            self.executor.warmup(dummy_model_input(shape), capture=False)
+        num_blocks = self._size_kv_cache()
+        self.executor.init_kv_cache(num_blocks)
+        graph_kinds = self.executor.graph_kinds if self.config.enable_graphs else ()
+        captured = [s for s in shapes if s.kind in graph_kinds]
+        free_before = self.executor.memory_stats().free_bytes
+        for shape in tqdm(captured, desc="capture graphs", disable=None):
+            self.executor.warmup(dummy_model_input(shape), capture=True)
+        graph_bytes = free_before - self.executor.memory_stats().free_bytes
+        self.warmed = set(shapes)
+        self.warmup_s = time.perf_counter() - start
+        if shapes:
+            logger.info(
+                "warmup: %d buckets (%d with graphs) in %.1f s, graph memory %.1f MiB",
+                len(shapes),
+                len(captured),
+                self.warmup_s,
+                max(graph_bytes, 0) / 2**20,
+            )
+        return num_blocks
 
     def _size_kv_cache(self) -> int:
         cfg = self.config
@@ -174,12 +219,31 @@ class Engine:
         sched = self.scheduler.schedule()
         if sched is None:
             return []
-        inp = build_model_input(
-            sched, self.config.block_size, natural_shape(sched, self.config.block_size)
-        )
-        out = self.executor.execute(inp)
-        self._num_steps += 1
+        shape = self.step_shape(sched)
+        self._account(shape, sched)
+        out = self.executor.execute(build_model_input(sched, self.config.block_size, shape))
+        self._counters["steps"] += 1
         return self._process(sched, out, stream)
+
+    def step_shape(self, sched: SchedulerOutput) -> StepShape:
+        bs = self.config.block_size
+        items = sched.scheduled
+        max_blocks = max(-(-(s.seq.num_computed_tokens + s.num_tokens) // bs) for s in items)
+        if sched.kind is StepKind.DECODE:
+            return self.shaper.decode_shape(len(items), max_blocks)
+        max_len = max(s.num_tokens for s in items)
+        return self.shaper.prefill_shape(len(items), max_len, max_blocks)
+
+    def _account(self, shape: StepShape, sched: SchedulerOutput) -> None:
+        if shape not in self.warmed:
+            self._counters["misses"] += 1
+            if self.config.strict_shapes:
+                raise BucketMissError(
+                    f"step shape {shape} was not warmed (strict_shapes); warmed: "
+                    f"{len(self.warmed)} shapes"
+                )
+        self._counters["real"] += sched.num_tokens
+        self._counters["padded"] += shape.num_tokens
 
     def _process(self, sched: SchedulerOutput, out, stream: bool) -> list[RequestOutput]:
         outputs = []
@@ -188,14 +252,14 @@ class Engine:
             is_sampled = item.is_sampled
             seq.num_computed_tokens += item.num_tokens
             if sched.kind is StepKind.PREFILL:
-                self._num_prefill_tokens += item.num_tokens
+                self._counters["prefill"] += item.num_tokens
             self.block_manager.publish_computed_blocks(seq)
             if not is_sampled:
                 continue
             state = self.requests[seq.request_id]
             token = out.token_ids[row]
             seq.token_ids.append(token)
-            self._num_generated_tokens += 1
+            self._counters["generated"] += 1
             if state.logprobs is not None:
                 chosen, top = out.logprobs[row]
                 n = seq.params.logprobs
@@ -214,7 +278,8 @@ class Engine:
         return outputs
 
     def stats(self) -> EngineStats:
-        bm = self.block_manager
+        bm, c = self.block_manager, self._counters
+        runner = self.executor.runner_stats()
         return EngineStats(
             num_waiting=len(self.scheduler.waiting),
             num_running=len(self.scheduler.running),
@@ -223,9 +288,16 @@ class Engine:
             kv_usage=bm.usage,
             num_preemptions=self.scheduler.num_preemptions,
             num_prefix_hit_tokens=bm.num_prefix_hits_tokens,
-            num_prefill_tokens=self._num_prefill_tokens,
-            num_generated_tokens=self._num_generated_tokens,
-            num_steps=self._num_steps,
+            num_prefill_tokens=c["prefill"],
+            num_generated_tokens=c["generated"],
+            num_steps=c["steps"],
+            num_bucket_misses=c["misses"],
+            num_real_tokens=c["real"],
+            num_padded_tokens=c["padded"],
+            num_graph_replays=runner["num_graph_replays"],
+            num_eager_runs=runner["num_eager_runs"],
+            num_warmed_shapes=len(self.warmed),
+            warmup_s=self.warmup_s,
         )
 
     def shutdown(self) -> None:

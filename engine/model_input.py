@@ -14,15 +14,7 @@ import torch
 
 from engine.block_manager import PADDING_BLOCK_ID
 from engine.scheduler import SchedulerOutput
-
-
-@dataclass(frozen=True)
-class StepShape:
-    """The padded shape of a step: rows, query tokens per row, context blocks per row."""
-
-    batch_size: int
-    query_len: int
-    num_blocks: int
+from engine.shapes import StepShape
 
 
 @dataclass
@@ -44,7 +36,7 @@ class SamplingInput:
 
 @dataclass
 class ModelInput:
-    kind: str
+    kind: str  # "prefill" | "decode"
     input_ids: torch.Tensor  # [batch, query_len]
     positions: torch.Tensor  # [batch, query_len]
     slot_mapping: torch.Tensor  # [batch * query_len]
@@ -54,17 +46,8 @@ class ModelInput:
     shape: StepShape
 
 
-def natural_shape(sched: SchedulerOutput, block_size: int) -> StepShape:
-    """The smallest shape holding the step, before bucketing."""
-    items = sched.scheduled
-    return StepShape(
-        batch_size=len(items),
-        query_len=max(s.num_tokens for s in items),
-        num_blocks=max(-(-(s.seq.num_computed_tokens + s.num_tokens) // block_size) for s in items),
-    )
-
-
 def build_model_input(sched: SchedulerOutput, block_size: int, shape: StepShape) -> ModelInput:
+    """Rows past the scheduled ones, and columns left of each row's tokens, are padding."""
     batch, q_len, num_blocks = shape.batch_size, shape.query_len, shape.num_blocks
     input_ids = [[0] * q_len for _ in range(batch)]
     positions = [[0] * q_len for _ in range(batch)]
@@ -119,3 +102,14 @@ def build_sampling_input(sched: SchedulerOutput, batch: int) -> SamplingInput:
         is_all_greedy=all(p.temperature == 0.0 for p in params),
         needs_filters=any(p.top_k > 0 or p.top_p < 1.0 for p in params),
     )
+
+
+def dummy_model_input(shape: StepShape) -> ModelInput:
+    """An all-padding step of `shape` (warmup and graph capture): reads and writes only
+    the padding block, and samples greedily."""
+    from engine.scheduler import StepKind
+
+    empty = SchedulerOutput(StepKind(shape.kind), [])
+    inp = build_model_input(empty, 1, shape)
+    inp.num_seqs = shape.batch_size
+    return inp

@@ -10,6 +10,7 @@ from engine.devices import Device
 from engine.loader import KVSpec
 from engine.model_input import ModelInput, SamplingInput
 from engine.sampler import SamplerOutput, sample
+from engine.shapes import StepShape
 
 
 class ModelRunner:
@@ -19,6 +20,9 @@ class ModelRunner:
         self.kv_spec = kv_spec
         self.block_size = block_size
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.graphs: dict[StepShape, object] = {}  # shape -> replayable forward
+        self.num_graph_replays = 0
+        self.num_eager_runs = 0
 
     def init_kv_cache(self, num_blocks: int) -> None:
         """Allocate per layer K and V pools: [num_blocks, block_size, kv_heads, head_dim]."""
@@ -72,8 +76,26 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, inp: ModelInput) -> SamplerOutput:
-        logits = self.run_forward(**self.prepare_inputs(inp))[: inp.num_seqs, -1, :]
+        inputs = self.prepare_inputs(inp)
+        graph = self.graphs.get(inp.shape)
+        if graph is not None:
+            logits = graph(**inputs)
+            self.num_graph_replays += 1
+        else:
+            logits = self.run_forward(**inputs)
+            self.num_eager_runs += 1
+        logits = logits[: inp.num_seqs, -1, :]
+        # NOTE: a step boundary between forward and sampling keeps each bucket's lazy-mode
+        # graph independent of the sampling path the batch takes (HPU; no-op elsewhere).
+        self.device.mark_step()
         return sample(logits, self.prepare_sampling(inp.sampling, inp.num_seqs))
+
+    @torch.inference_mode()
+    def warmup(self, inp: ModelInput, capture: bool) -> None:
+        """Run one all-padding step of inp.shape; capture its graph if asked."""
+        self.execute(inp)
+        if capture:
+            self.graphs[inp.shape] = self.device.capture(self.run_forward, self.prepare_inputs(inp))
 
     def prepare_sampling(self, s: SamplingInput, num_seqs: int) -> SamplingInput:
         dev = self.device.torch_device

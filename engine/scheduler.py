@@ -6,6 +6,10 @@ running sequence); prefill has priority, the way vLLM's default scheduler works,
 graph-mode accelerators want the two shapes apart. When blocks run out during decode
 the most recently admitted sequence is preempted: its blocks are freed and it is
 prefilled again later (recompute), which yields the same greedy output.
+
+A prefill step must fit a warmed bucket: rows x padded query length within the token
+budget (`StepShaper.max_prefill_len`). Long prompts are chunked to fit; a row that would
+push the step past every bucket waits for the next step.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 
 from engine.block_manager import BlockManager
 from engine.sequence import Sequence, SequenceStatus
+from engine.shapes import StepShaper
 
 
 class StepKind(enum.Enum):
@@ -49,11 +54,11 @@ class Scheduler:
         self,
         block_manager: BlockManager,
         max_num_seqs: int,
-        max_num_batched_tokens: int,
+        shaper: StepShaper,
     ):
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
-        self.max_num_batched_tokens = max_num_batched_tokens
+        self.shaper = shaper
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admitted, holding blocks, in admission order
         self.num_preemptions = 0
@@ -83,27 +88,35 @@ class Scheduler:
         return self._schedule_prefill() or self._schedule_decode()
 
     def _schedule_prefill(self) -> SchedulerOutput | None:
-        budget = self.max_num_batched_tokens
         scheduled: list[ScheduledSeq] = []
+        max_len = 0
+
+        def room() -> int:
+            """Longest chunk the next row may have, or 0 if no bucket takes another row."""
+            limit = self.shaper.max_prefill_len(len(scheduled) + 1)
+            return limit if limit >= max_len else 0
+
+        def take(seq: Sequence, limit: int) -> None:
+            nonlocal max_len
+            n = min(seq.num_uncomputed_tokens, limit)
+            scheduled.append(ScheduledSeq(seq, n))
+            max_len = max(max_len, n)
+
         # Sequences part-way through a chunked prefill continue first.
         for seq in self.running:
-            if budget == 0:
-                break
             if seq.is_prefilling:
-                n = min(seq.num_uncomputed_tokens, budget)
-                scheduled.append(ScheduledSeq(seq, n))
-                budget -= n
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+                if not (limit := room()):
+                    break
+                take(seq, limit)
+        while self.waiting and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            if not self.block_manager.can_allocate(seq):
+            if not (limit := room()) or not self.block_manager.can_allocate(seq):
                 break
             self.waiting.popleft()
             self.block_manager.allocate(seq)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            n = min(seq.num_uncomputed_tokens, budget)
-            scheduled.append(ScheduledSeq(seq, n))
-            budget -= n
+            take(seq, limit)
         return SchedulerOutput(StepKind.PREFILL, scheduled) if scheduled else None
 
     def _schedule_decode(self) -> SchedulerOutput | None:

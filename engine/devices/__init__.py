@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from engine.devices.base import Device, MemoryStats
+from engine.devices.base import Device, MemoryStats, available_device_names
 
 # name -> (module, class); modules are imported lazily so `import engine` needs no vendor package.
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -23,30 +23,20 @@ __all__ = [
     "DEVICE_CHOICES",
     "Device",
     "MemoryStats",
+    "available_device_names",
     "get_device",
     "resolve_device_name",
 ]
 
 
-def _hpu_available() -> bool:
-    try:
-        importlib.import_module("habana_frameworks.torch")
-    except ImportError:
-        return False
-    return True
-
-
 def resolve_device_name(name: str = "auto") -> str:
-    """'auto' -> hpu if habana_frameworks.torch imports, else cuda if available, else cpu."""
+    """'auto' -> hpu if the Habana bridge is installed, else cuda if available, else cpu.
+    NOTE: probes without importing the bridge (importing it fixes lazy vs eager mode)."""
     if name not in DEVICE_CHOICES:
         raise ValueError(f"device must be one of {list(DEVICE_CHOICES)}, got {name!r}")
     if name != "auto":
         return name
-    if _hpu_available():
-        return "hpu"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return available_device_names()[0]
 
 
 def get_device(name: str = "auto", index: int = 0) -> Device:

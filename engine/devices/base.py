@@ -6,16 +6,76 @@ Backends (cpu/cuda/hpu) subclass it; each lives in its own module, imported only
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+STEP_KINDS = ("prefill", "decode")
 
 
 @dataclass(frozen=True)
 class MemoryStats:
     total_bytes: int
     free_bytes: int
+
+
+class DeviceUnavailableError(RuntimeError):
+    """A backend was chosen by name on a machine that cannot run it."""
+
+
+def available_device_names() -> list[str]:
+    """Backends whose runtime is present here, in `device: auto`'s order of preference.
+
+    Probes without importing the Habana bridge: importing it fixes lazy vs eager mode for
+    the whole process (see engine.devices.hpu)."""
+    names = []
+    try:
+        if importlib.util.find_spec("habana_frameworks.torch") is not None:
+            names.append("hpu")
+    except ImportError:  # no `habana_frameworks` package at all
+        pass
+    if torch.cuda.is_available():
+        names.append("cuda")
+    return [*names, "cpu"]
+
+
+class CapturedGraph:
+    """A graph captured for one static shape, callable like the function it captured.
+
+    Calling it copies the live inputs into the static buffers the graph reads, replays,
+    and returns the static output tensor. NOTE: that tensor is valid only until the next
+    replay of any graph of the same device (graphs share memory): consume or copy it first.
+    """
+
+    def __init__(
+        self,
+        graph: object,  # has .replay(): torch.cuda.CUDAGraph, habana's HPUGraph
+        static_inputs: dict[str, torch.Tensor],
+        static_output: torch.Tensor,
+    ):
+        self.graph = graph
+        self.static_inputs = static_inputs
+        self.static_output = static_output
+        self.num_replays = 0
+
+    def __call__(self, **inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.keys() != self.static_inputs.keys():
+            raise TypeError(f"graph inputs are {sorted(self.static_inputs)}, got {sorted(inputs)}")
+        with torch.inference_mode():
+            for name, buffer in self.static_inputs.items():
+                value = inputs[name]
+                # copy_ would broadcast or cast silently: a wrong shape must not replay.
+                if value.shape != buffer.shape or value.dtype != buffer.dtype:
+                    raise ValueError(
+                        f"graph input {name!r} is {tuple(value.shape)} {value.dtype}; the "
+                        f"graph was captured for {tuple(buffer.shape)} {buffer.dtype}"
+                    )
+                buffer.copy_(value, non_blocking=True)
+            self.graph.replay()
+        self.num_replays += 1
+        return self.static_output
 
 
 class Device:
@@ -34,6 +94,11 @@ class Device:
     def torch_device(self) -> torch.device:
         return torch.device(self.name, self.index) if self.name != "cpu" else torch.device("cpu")
 
+    @property
+    def graph_kinds(self) -> tuple[str, ...]:
+        """Step kinds (STEP_KINDS) whose buckets warmup captures as graphs; () = none."""
+        return STEP_KINDS if self.has_graphs else ()
+
     def default_dtype(self, config_dtype: torch.dtype | None) -> torch.dtype:
         """The dtype `dtype="auto"` resolves to for a model saved in `config_dtype`."""
         return config_dtype or torch.bfloat16
@@ -50,6 +115,11 @@ class Device:
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Backend-specific wrapping after load (compile, lazy-mode setup). Default: none."""
         return model
+
+    def init_distributed_backend(self) -> str:
+        """Make `dist_backend` usable (import the vendor's plugin, set what it needs) and
+        return its name. NOTE: call before torch.distributed.init_process_group."""
+        return self.dist_backend
 
     def capture(self, fn: Callable[..., torch.Tensor], example_inputs: dict) -> Callable:
         """Return a callable with fn's signature that replays a graph captured for the
