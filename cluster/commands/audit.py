@@ -15,6 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="local Hugging Face model directory (default: the bundled default model)",
     )
+    parser.add_argument(
+        "--forward",
+        choices=("engine", "transformers"),
+        default="engine",
+        help="the engine's padded paged-attention steps (default) or transformers' forward",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -22,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.audit import audit_model
 
     try:
-        report = audit_model(args.model)
+        report = audit_model(args.model, forward=args.forward)
     except (OSError, ValueError) as exc:
         name = args.model or "(the bundled default model)"
         print(f"gaudi-serve audit: cannot load model {name}: {exc}", file=sys.stderr)

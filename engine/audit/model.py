@@ -1,9 +1,10 @@
 """Audit a model directory: load it, pick the forward to run, trace it.
 
-`audit_model` loads with transformers and, by default, runs transformers' own forward
-(`transformers_forward`: one prefill, one decode over a DynamicCache). The forward is a
-parameter (`make_forward(model) -> fn`) so the engine's prefill + decode steps over the
-paged cache can be audited the same way once the model runner exists.
+Two forwards can be audited:
+- "engine" (default): the engine's own padded prefill and decode steps over the paged
+  KV cache, exactly what the model runner replays as graphs;
+- "transformers": transformers' forward (one prefill, one decode over a DynamicCache),
+  to see what the engine had to replace.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import torch
 from engine.audit.report import AuditReport
 from engine.audit.tracer import audit_forward
 
-__all__ = ["audit_model", "transformers_forward"]
+__all__ = ["FORWARDS", "audit_model", "engine_forward", "transformers_forward"]
+
+FORWARDS = ("engine", "transformers")
 
 ForwardFactory = Callable[[torch.nn.Module], Callable[[], object]]
 
@@ -49,24 +52,62 @@ def transformers_forward(
     return run
 
 
+def engine_forward(model_path: str | os.PathLike) -> tuple[torch.nn.Module, Callable[[], None]]:
+    """The engine's model (paged attention) and a callable running one prefill step
+    (2 rows x 16 tokens) and one decode step (2 rows) at their bucket shapes. Inputs are
+    prepared outside the traced callable, as the runner does before a graph replay."""
+    from engine.config import EngineConfig
+    from engine.llm_engine import Engine
+    from engine.model_input import dummy_model_input
+
+    engine = Engine(
+        EngineConfig(
+            model=str(model_path),
+            device="cpu",
+            dtype="float32",
+            skip_tokenizer_init=True,
+            warmup=False,
+            max_num_seqs=4,
+            max_model_len=256,
+            kv_cache_tokens=1024,
+        )
+    )
+    runner = engine.executor.runner
+    shapes = [engine.shaper.prefill_shape(2, 16, 1), engine.shaper.decode_shape(2, 2)]
+    steps = [runner.prepare_inputs(dummy_model_input(shape)) for shape in shapes]
+
+    def run() -> None:
+        with torch.inference_mode():
+            for inputs in steps:
+                runner.run_forward(**inputs)
+
+    return runner.model, run
+
+
 def audit_model(
     model_path: str | os.PathLike | None = None,
     *,
+    forward: str = "engine",
     make_forward: ForwardFactory = transformers_forward,
 ) -> AuditReport:
-    """Load the model at `model_path` (None = the bundled default model) in fp32 with
-    SDPA attention, on the CPU, and audit the forward `make_forward(model)` returns.
+    """Audit `forward` ("engine" or "transformers", see FORWARDS) of the model at
+    `model_path` (None = the bundled default model), fp32 on the CPU. For "transformers"
+    the model loads with SDPA attention and `make_forward(model)` gives the callable.
 
     Raises FileNotFoundError when `model_path` is not a local directory (no hub look-up).
     """
     from transformers import AutoModelForCausalLM
 
+    if forward not in FORWARDS:
+        raise ValueError(f"forward must be one of {list(FORWARDS)}, got {forward!r}")
     if model_path is None:
         from engine.assets import default_model_path
 
         model_path = default_model_path()
     if not os.path.isdir(model_path):
         raise FileNotFoundError(f"model_path must be a local model directory, got {model_path!r}")
+    if forward == "engine":
+        return audit_forward(*engine_forward(model_path))
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=torch.float32, attn_implementation="sdpa", local_files_only=True
     )

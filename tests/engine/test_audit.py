@@ -17,6 +17,7 @@ from engine.audit import (
     audit_model,
 )
 from engine.audit.rules import classify_op
+from tests.conftest import FAMILIES
 
 
 class DynamicBlock(nn.Module):
@@ -193,7 +194,7 @@ def tiny_llama_dir(tmp_path_factory):
 
 
 def test_audit_model_runs_transformers_prefill_and_decode(tiny_llama_dir):
-    report = audit_model(str(tiny_llama_dir))
+    report = audit_model(str(tiny_llama_dir), forward="transformers")
     assert report.model_name == "LlamaForCausalLM"
     assert report.num_ops > 100
     # What transformers' own SDPA path does is reported, not judged; the lead reads it.
@@ -207,7 +208,7 @@ def test_audit_model_takes_the_forward_to_run(tiny_llama_dir):
         ids = torch.zeros(1, 4, dtype=torch.long)
         return lambda: model(input_ids=ids, use_cache=False).logits.nonzero()
 
-    report = audit_model(tiny_llama_dir, make_forward=make_forward)
+    report = audit_model(tiny_llama_dir, forward="transformers", make_forward=make_forward)
     assert ("aten.nonzero.default", OUTSIDE_PATH) in ops_at(report, Category.DYNAMIC_SHAPE)
 
 
@@ -217,10 +218,26 @@ def test_audit_model_rejects_a_path_that_is_not_a_directory(tmp_path):
 
 
 def test_cli_prints_json_and_exit_code_follows_the_report(tiny_llama_dir, capsys):
-    code = cli_main(["audit", "--model", str(tiny_llama_dir), "--json"])
+    code = cli_main(
+        ["audit", "--model", str(tiny_llama_dir), "--forward", "transformers", "--json"]
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["model"] == "LlamaForCausalLM"
     assert code == (0 if data["is_clean"] else 1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_engine_forward_audits_clean_for_every_family(family, tiny_model_dir):
+    """The engine's padded prefill + decode steps over the paged cache have no dynamic op,
+    no host sync and no op on the Gaudi list, in every supported family."""
+    report = audit_model(tiny_model_dir(family), forward="engine")
+    assert report.num_ops > 50
+    assert report.is_clean, report.format()
+
+
+def test_cli_engine_forward_exits_0_when_clean(tiny_model_dir, capsys):
+    assert cli_main(["audit", "--model", str(tiny_model_dir("qwen2"))]) == 0
+    assert "clean" in capsys.readouterr().out.lower()
 
 
 def test_cli_exit_code_2_for_a_missing_model(tmp_path, capsys):
