@@ -1,37 +1,128 @@
 """`gaudi-serve config ACTION FILE`: work with a serving config file.
 
     gaudi-serve config check serve.yaml
+    gaudi-serve config render serve.yaml --accelerator gaudi | kubectl apply -f -
+    gaudi-serve config render serve.yaml --kustomize k8s/
 
 `check` validates the file and prints a summary of the models (exit 0), or prints every
-problem, one per line, and exits 2. Nothing here imports Ray or torch.
+problem, one per line, and exits 2. `render` validates it the same way (model folders need
+not exist here) and prints it as Kubernetes manifests (a ConfigMap holding the config and a
+KubeRay RayService, see deployments.k8s), writes them to -o OUT, or writes a kustomize tree
+(base + one overlay per accelerator) under --kustomize DIR. Nothing here imports Ray or
+torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+import yaml
+
+from deployments import k8s
 from deployments.config import ConfigError, ModelConfig, ServeConfig, load_config
 
 EXIT_INVALID = 2
-ACTIONS = ("check",)
+ACTIONS = ("check", "render")
+RENDER_OPTIONS = ("image", "accelerator", "namespace", "name", "output", "kustomize")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=ACTIONS, help="check: validate FILE and summarise it")
+    parser.add_argument(
+        "action",
+        choices=ACTIONS,
+        help="check: validate FILE and summarise it; render: print it as Kubernetes manifests",
+    )
     parser.add_argument("file", metavar="FILE", help="the serving config (YAML)")
+    render = parser.add_argument_group("render options")
+    render.add_argument(
+        "--accelerator",
+        choices=list(k8s.ACCELERATORS),
+        help=f"what `device: auto` means in the cluster (default {k8s.DEFAULT_ACCELERATOR})",
+    )
+    render.add_argument(
+        "--image", help="container image of every pod (default: gaudi-serve:<accelerator>)"
+    )
+    render.add_argument("--namespace", metavar="NS", help="namespace of every object")
+    render.add_argument("--name", help=f"name of the RayService (default {k8s.DEFAULT_NAME})")
+    where = render.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", metavar="OUT", help="write the manifests to OUT")
+    where.add_argument(
+        "--kustomize",
+        metavar="DIR",
+        help="write a kustomize tree: DIR/base (rendered for cpu), DIR/overlays/<accelerator>",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "check":
+        given = [f"--{o}" for o in RENDER_OPTIONS if getattr(args, o, None) is not None]
+        if given:
+            print(f"config check: {', '.join(given)} only apply to render", file=sys.stderr)
+            return EXIT_INVALID
     try:
-        config = load_config(args.file)
+        config = load_config(args.file, check_paths=args.action == "check")
     except ConfigError as exc:
-        print(f"{args.file}: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_INVALID
+        return _report(args.file, exc.problems)
+    if args.action == "render":
+        return _render(config, args)
     print(summarize(config, args.file))
     return 0
+
+
+def _report(source: str, problems: list[str]) -> int:
+    print(f"{source}: {len(problems)} problem(s):", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _render(config: ServeConfig, args: argparse.Namespace) -> int:
+    """Print or write the manifests of `config`; exit 2 for what cannot run in pods."""
+    options, problems = _render_options(args)
+    if options is None or problems:
+        return _report(args.file, problems)
+    try:
+        if args.kustomize is not None:
+            tree = k8s.render_kustomize_tree(config, options)
+            files = {Path(args.kustomize) / relative: text for relative, text in tree.items()}
+        else:
+            text = k8s.to_yaml(k8s.render_manifests(config, options))
+            if args.output is None:
+                sys.stdout.write(text)
+                return 0
+            files = {Path(args.output): text}
+    except ConfigError as exc:
+        return _report(args.file, exc.problems)
+    for path, content in files.items():
+        _write(path, content)
+    return 0
+
+
+def _render_options(args: argparse.Namespace) -> tuple[k8s.K8sOptions | None, list[str]]:
+    """(options or None, problems): the command line's options, and what in the file or
+    the options cannot be rendered (relative model paths, conflicting options)."""
+    with open(args.file, encoding="utf-8") as stream:
+        problems = k8s.relative_path_problems(yaml.safe_load(stream))
+    if args.kustomize is not None and args.accelerator is not None:
+        problems.append("--accelerator does not apply with --kustomize (it renders them all)")
+    try:
+        options = k8s.K8sOptions(
+            accelerator=args.accelerator or k8s.DEFAULT_ACCELERATOR,
+            image=args.image,
+            namespace=args.namespace,
+            name=args.name or k8s.DEFAULT_NAME,
+        )
+    except ValueError as exc:
+        return None, [*problems, f"--{exc}"]
+    return options, problems
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}")
 
 
 def summarize(config: ServeConfig, source: str) -> str:

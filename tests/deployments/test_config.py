@@ -444,6 +444,6 @@ def test_cli_config_check_missing_file_exits_2(tmp_path, capsys):
 
 def test_cli_config_rejects_an_unknown_action(capsys):
     with pytest.raises(SystemExit) as info:
-        main(["config", "render", "x.yaml"])
+        main(["config", "lint", "x.yaml"])
     assert info.value.code == 2
-    assert "invalid choice: 'render'" in capsys.readouterr().err
+    assert "invalid choice: 'lint'" in capsys.readouterr().err

@@ -1,0 +1,522 @@
+"""A serving config rendered for Kubernetes: a KubeRay `RayService` plus the `ConfigMap` that
+carries the config into its pods. Pure functions over a `ServeConfig`; no Kubernetes client,
+no Ray, no torch.
+
+    config = load_config("serve.yaml", check_paths=False)
+    print(to_yaml(render_manifests(config, K8sOptions(accelerator="gaudi"))))
+
+What comes from the config, and how:
+- The config itself travels as a ConfigMap (the validated config dumped back to YAML),
+  mounted at /etc/gaudi-serve/serve.yaml in every pod; GAUDI_SERVE_CONFIG points there in
+  the container env and in the Serve application's runtime_env, so `deployments.app:app`
+  builds exactly this config. The ConfigMap's name ends in a hash of its content: a changed
+  config changes the RayService, and KubeRay rolls a new cluster instead of leaving pods on
+  a stale file.
+- serveConfigV2: one application, `deployments.app:app` at route prefix `/`, and Serve's
+  HTTP port from `http.port` (host 0.0.0.0: in a pod the Service, not the bind address,
+  decides who can connect). Deployment options are not repeated there: the app reads them
+  from the config.
+- One worker group per accelerator the models run on (a model's explicit device, or the
+  --accelerator for `device: auto`). A replica's TP group must sit on one Ray node, that is
+  one pod, so a pod holds `max(tp_size)` cards of its group. TP sizes are powers of two, so
+  smaller TP groups tile those pods exactly and a group needs
+  ceil(sum(replicas * tp_size) / cards_per_pod) pods, counted at the minimum, initial and
+  maximum replica counts. Example: model A (tp 4, 2 replicas) and B (tp 1, 3 replicas) on
+  gaudi: 4 cards per pod, 2*4 + 3*1 = 11 cards, 3 pods.
+- With autoscaling on any model, enableInTreeAutoscaling lets the Ray autoscaler add and
+  remove pods between minReplicas and maxReplicas as Serve adds and removes replicas.
+- Every pod mounts a memory-backed emptyDir at /dev/shm: Kubernetes gives pods 64 MiB
+  there, and DeepSpeed's CPU all-reduce alone needs 66 MiB per TP rank (Ray's object store
+  uses it too). Its size limit is the pod's memory, as KubeRay would set.
+- GAUDI_SERVE_DEVICE (container env and runtime_env) says what `device: auto` means: KubeRay
+  deploys the app as soon as the head is up, possibly before any accelerator pod has joined,
+  so the app cannot yet tell from the cluster's resources.
+- Token authentication (RAY_AUTH_MODE/RAY_AUTH_TOKEN) is left to KubeRay: authOptions
+  `mode: token` makes the operator create the token Secret and set both variables in every
+  Ray container; the manifest never sets them itself.
+- Readiness: KubeRay's injected probes check each worker's Serve proxy on the container port
+  named `serve`, and the RayService only reports Ready and routes traffic once the Serve
+  application is RUNNING, that is once every replica has warmed up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import PurePosixPath
+from typing import Any
+
+import yaml
+
+from deployments.config import ConfigError, ModelConfig, ServeConfig
+
+__all__ = [
+    "ACCELERATORS",
+    "CONFIG_PATH",
+    "DEFAULT_ACCELERATOR",
+    "DEFAULT_NAME",
+    "IMPORT_PATH",
+    "AcceleratorProfile",
+    "K8sOptions",
+    "WorkerGroupPlan",
+    "config_yaml",
+    "json_patch",
+    "plan_worker_groups",
+    "relative_path_problems",
+    "render_kustomize_tree",
+    "render_manifests",
+    "to_yaml",
+]
+
+IMPORT_PATH = "deployments.app:app"
+APP_NAME = "gaudi-serve"  # the Serve application name, as in deployments.app
+CONFIG_DIR = "/etc/gaudi-serve"
+CONFIG_KEY = "serve.yaml"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
+# The Ray version the image is built with (KubeRay reads it for feature checks).
+RAY_VERSION = "2.60.0"
+DEFAULT_NAME = "gaudi-serve"
+DEFAULT_ACCELERATOR = "gaudi"
+HEAD_NUM_CPUS = 2
+HEAD_MEMORY_GIB = 8
+# Ports Ray itself takes in the pods (name -> port); Serve's HTTP port must avoid them.
+RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
+RAY_INTERNAL_PORTS = {"metrics": 8080, "dashboard-agent": 52365}
+HEADER = (
+    "# Rendered by `gaudi-serve config render`: edit the serving config and render again\n"
+    "# instead of editing this file.\n"
+)
+KUSTOMIZE_HEADER = (
+    "# Rendered by `gaudi-serve config render --kustomize DIR`: edit the serving config and\n"
+    "# render again instead of editing this file.\n"
+)
+_NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME_LENGTH = 40  # KubeRay appends suffixes to cluster, pod and service names
+
+
+@dataclass(frozen=True)
+class AcceleratorProfile:
+    """How the pods of one accelerator ask Kubernetes and Ray for their cards.
+
+    On `cpu` a "card" is one TP rank's slot: one logical Ray CPU backed by
+    `num_cpus_per_card` cores (replicas and CPU ranks each ask Ray for 1 CPU).
+    """
+
+    name: str  # the --accelerator value
+    device: str  # gaudi-serve's device name
+    k8s_resource: str | None  # the device plugin's extended resource; None on CPU
+    num_cpus_per_card: int
+    memory_gib_per_card: int
+    env: tuple[tuple[str, str], ...] = ()
+    capabilities: tuple[str, ...] = ()
+
+    def ray_start_params(self, num_cards: int) -> dict[str, str]:
+        """rayStartParams declaring the pod's cards to Ray (not left to detection)."""
+        if self.device == "hpu":
+            # Shell-quoted JSON: KubeRay pastes it into `ray start --resources=...`.
+            return {"resources": f"'{{\"HPU\": {num_cards}}}'"}
+        if self.device == "cuda":
+            return {"num-gpus": str(num_cards)}
+        return {"num-cpus": str(num_cards)}
+
+
+ACCELERATORS: dict[str, AcceleratorProfile] = {
+    "gaudi": AcceleratorProfile(
+        name="gaudi",
+        device="hpu",
+        k8s_resource="habana.ai/gaudi",
+        num_cpus_per_card=8,
+        memory_gib_per_card=64,
+        # Lazy mode must be set before anything in the pod imports the Gaudi bridge (Ray's
+        # accelerator detection does); lazy collectives let TP all-reduces run in HPU graphs.
+        env=(("PT_HPU_LAZY_MODE", "1"), ("PT_HPU_ENABLE_LAZY_COLLECTIVES", "true")),
+        capabilities=("SYS_NICE",),
+    ),
+    "nvidia": AcceleratorProfile(
+        name="nvidia",
+        device="cuda",
+        k8s_resource="nvidia.com/gpu",
+        num_cpus_per_card=8,
+        memory_gib_per_card=64,
+    ),
+    "cpu": AcceleratorProfile(
+        name="cpu", device="cpu", k8s_resource=None, num_cpus_per_card=4, memory_gib_per_card=8
+    ),
+}
+
+
+@dataclass(frozen=True)
+class K8sOptions:
+    """What the config does not say about the cluster.
+
+    image: the container image of every pod (gaudi-serve installed over the accelerator's
+        software stack; one image, so every Ray node runs the same Ray and Python); None
+        means the placeholder `gaudi-serve:<accelerator>`, which you build and push.
+    accelerator: what `device: auto` means here, and the worker group of those models.
+    namespace: metadata.namespace of every object; None leaves it to kubectl.
+    name: the RayService's name (the ConfigMap is `<name>-config-<hash>`).
+    """
+
+    accelerator: str = DEFAULT_ACCELERATOR
+    image: str | None = None
+    namespace: str | None = None
+    name: str = DEFAULT_NAME
+
+    def __post_init__(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            raise ValueError(
+                f"accelerator must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}"
+            )
+        check_name("name", self.name, MAX_NAME_LENGTH)
+        if self.namespace is not None:
+            check_name("namespace", self.namespace, 63)
+        if self.image is not None and not self.image.strip():
+            raise ValueError("image must be a non-empty image reference")
+
+    @property
+    def resolved_image(self) -> str:
+        return self.image or f"gaudi-serve:{self.accelerator}"
+
+
+def check_name(what: str, value: str, max_length: int) -> str:
+    """`value` if it is a DNS label of at most max_length characters, else ValueError."""
+    if len(value) > max_length or not _NAME_PATTERN.match(value):
+        raise ValueError(
+            f"{what} must be lowercase letters, digits and '-', start with a letter, end "
+            f"with a letter or digit, and have at most {max_length} characters; got {value!r}"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class WorkerGroupPlan:
+    """One worker group: which models it runs and how many pods of how many cards."""
+
+    profile: AcceleratorProfile
+    model_names: tuple[str, ...]
+    num_cards_per_pod: int
+    min_pods: int
+    num_pods: int  # at start
+    max_pods: int
+
+    @property
+    def group_name(self) -> str:
+        return f"{self.profile.name}-workers"
+
+
+def plan_worker_groups(config: ServeConfig, accelerator: str) -> tuple[WorkerGroupPlan, ...]:
+    """The worker groups for `config` when `device: auto` means `accelerator`, in the order
+    of ACCELERATORS (see the module docstring for the arithmetic)."""
+    auto_device = ACCELERATORS[accelerator].device
+    by_device: dict[str, list[ModelConfig]] = {}
+    for model in config.models:
+        device = auto_device if model.device == "auto" else model.device
+        by_device.setdefault(device, []).append(model)
+    plans = []
+    for profile in ACCELERATORS.values():
+        models = by_device.get(profile.device, [])
+        if not models:
+            continue
+        cards_per_pod = max(model.tp_size for model in models)
+        demands = [(_replica_range(model), model.tp_size) for model in models]
+        min_pods, num_pods, max_pods = (
+            math.ceil(sum(counts[i] * tp_size for counts, tp_size in demands) / cards_per_pod)
+            for i in range(3)
+        )
+        plans.append(
+            WorkerGroupPlan(
+                profile=profile,
+                model_names=tuple(model.name for model in models),
+                num_cards_per_pod=cards_per_pod,
+                min_pods=min_pods,
+                num_pods=num_pods,
+                max_pods=max_pods,
+            )
+        )
+    return tuple(plans)
+
+
+def _replica_range(model: ModelConfig) -> tuple[int, int, int]:
+    """(min, initial, max) replicas, as Serve will run them."""
+    scaling = model.serve.autoscaling
+    if scaling is None:
+        num = model.serve.num_replicas or 1
+        return num, num, num
+    initial = scaling.min_replicas if scaling.initial_replicas is None else scaling.initial_replicas
+    return scaling.min_replicas, initial, scaling.max_replicas
+
+
+def config_yaml(config: ServeConfig) -> str:
+    """The config as the pods read it: what was set, dumped back to YAML (defaults stay
+    implicit; model paths are absolute after validation)."""
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+
+
+def relative_path_problems(data: Any) -> list[str]:
+    """Problems with model folders given as relative paths in raw config data (a dict read
+    from YAML). Locally they are taken from the config file's folder; in a pod that folder is
+    the ConfigMap mount, so they must be absolute paths in the image or a mounted volume."""
+    problems = []
+    models = data.get("models") if isinstance(data, dict) else None
+    for index, model in enumerate(models if isinstance(models, list) else []):
+        if not isinstance(model, dict):
+            continue
+        speculative = model.get("speculative")
+        candidates = [(f"models.{index}.path", model.get("path"))]
+        if isinstance(speculative, dict):
+            where = f"models.{index}.speculative.draft_model"
+            candidates.append((where, speculative.get("draft_model")))
+        for where, value in candidates:
+            if isinstance(value, str) and not PurePosixPath(value).is_absolute():
+                problems.append(
+                    f"{where}: {value!r} is relative; on Kubernetes give an absolute path in "
+                    "the image or in a mounted volume"
+                )
+    return problems
+
+
+def render_manifests(config: ServeConfig, options: K8sOptions) -> list[dict[str, Any]]:
+    """[ConfigMap, RayService] for `config`. Raises ConfigError when the config cannot run
+    in pods (its HTTP port is one Ray takes there)."""
+    _check_port(config.http.port)
+    text = config_yaml(config)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(f"{options.name}-config-{digest}", options),
+        "data": {CONFIG_KEY: text},
+    }
+    pods = _PodFactory(config, options, config_map["metadata"]["name"])
+    plans = plan_worker_groups(config, options.accelerator)
+    cluster: dict[str, Any] = {"rayVersion": RAY_VERSION}
+    if any(model.serve.autoscaling is not None for model in config.models):
+        cluster["enableInTreeAutoscaling"] = True
+    cluster["authOptions"] = {"mode": "token"}
+    cluster["headGroupSpec"] = {
+        # num-cpus 0: replicas and TP ranks never land on the head.
+        "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+        "template": pods.head(),
+    }
+    cluster["workerGroupSpecs"] = [
+        {
+            "groupName": plan.group_name,
+            "replicas": plan.num_pods,
+            "minReplicas": plan.min_pods,
+            "maxReplicas": plan.max_pods,
+            "rayStartParams": plan.profile.ray_start_params(plan.num_cards_per_pod),
+            "template": pods.worker(plan),
+        }
+        for plan in plans
+    ]
+    ray_service = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": _metadata(options.name, options),
+        "spec": {
+            "serveConfigV2": yaml.safe_dump(_serve_config(config, options), sort_keys=False),
+            "rayClusterConfig": cluster,
+        },
+    }
+    return [config_map, ray_service]
+
+
+def _check_port(port: int) -> None:
+    taken = {**RAY_PORTS, **RAY_INTERNAL_PORTS}
+    if port in taken.values():
+        listing = ", ".join(f"{name} {number}" for name, number in taken.items())
+        raise ConfigError(
+            "<config>", [f"http.port: {port} is taken by Ray in the pods ({listing}); pick another"]
+        )
+
+
+def _metadata(name: str, options: K8sOptions) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if options.namespace is not None:
+        metadata["namespace"] = options.namespace
+    metadata["labels"] = {
+        "app.kubernetes.io/name": "gaudi-serve",
+        "app.kubernetes.io/instance": options.name,
+    }
+    return metadata
+
+
+def _serve_config(config: ServeConfig, options: K8sOptions) -> dict[str, Any]:
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": config.http.port},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "import_path": IMPORT_PATH,
+                "route_prefix": "/",
+                "runtime_env": {"env_vars": dict(_base_env(options))},
+            }
+        ],
+    }
+
+
+def _base_env(options: K8sOptions) -> tuple[tuple[str, str], ...]:
+    # GAUDI_SERVE_DEVICE: what `device: auto` means in this cluster. The app is built on the
+    # head as soon as it is up, possibly before any accelerator pod has joined.
+    return (
+        ("GAUDI_SERVE_CONFIG", CONFIG_PATH),
+        ("GAUDI_SERVE_DEVICE", ACCELERATORS[options.accelerator].device),
+    )
+
+
+@dataclass(frozen=True)
+class _PodFactory:
+    """Pod templates of one rendering: every pod mounts the config and /dev/shm."""
+
+    config: ServeConfig
+    options: K8sOptions
+    config_map_name: str
+
+    def head(self) -> dict[str, Any]:
+        ports = [{"name": name, "containerPort": port} for name, port in RAY_PORTS.items()]
+        resources = {"cpu": str(HEAD_NUM_CPUS), "memory": f"{HEAD_MEMORY_GIB}Gi"}
+        # The head holds no card but imports the same stack: it gets the same environment.
+        env = ACCELERATORS[self.options.accelerator].env
+        container = self._container("ray-head", ports, resources, env)
+        return self._template(container, HEAD_MEMORY_GIB, tolerations=[])
+
+    def worker(self, plan: WorkerGroupPlan) -> dict[str, Any]:
+        profile, num_cards = plan.profile, plan.num_cards_per_pod
+        memory_gib = profile.memory_gib_per_card * num_cards
+        resources = {"cpu": str(profile.num_cpus_per_card * num_cards), "memory": f"{memory_gib}Gi"}
+        tolerations = []
+        if profile.k8s_resource is not None:
+            resources[profile.k8s_resource] = str(num_cards)
+            # Accelerator nodes are commonly tainted with their resource name.
+            tolerations.append(
+                {"key": profile.k8s_resource, "operator": "Exists", "effect": "NoSchedule"}
+            )
+        container = self._container("ray-worker", [], resources, profile.env)
+        if profile.capabilities:
+            container["securityContext"] = {"capabilities": {"add": list(profile.capabilities)}}
+        return self._template(container, memory_gib, tolerations)
+
+    def _container(
+        self,
+        name: str,
+        ray_ports: list[dict[str, Any]],
+        resources: dict[str, str],
+        env: tuple[tuple[str, str], ...],
+    ) -> dict[str, Any]:
+        # The port named `serve` is where KubeRay's probes and Serve Service look for Serve.
+        ports = [*ray_ports, {"name": "serve", "containerPort": self.config.http.port}]
+        return {
+            "name": name,
+            "image": self.options.resolved_image,
+            "env": [{"name": k, "value": v} for k, v in (*_base_env(self.options), *env)],
+            "ports": ports,
+            "resources": {"requests": dict(resources), "limits": dict(resources)},
+            "volumeMounts": [
+                {"name": "serve-config", "mountPath": CONFIG_DIR, "readOnly": True},
+                {"name": "dshm", "mountPath": "/dev/shm"},
+            ],
+        }
+
+    def _template(
+        self, container: dict[str, Any], memory_gib: int, tolerations: list[dict[str, str]]
+    ) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "containers": [container],
+            "volumes": [
+                {"name": "serve-config", "configMap": {"name": self.config_map_name}},
+                {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{memory_gib}Gi"}},
+            ],
+        }
+        if tolerations:
+            spec["tolerations"] = tolerations
+        return {"spec": spec}
+
+
+def to_yaml(documents: list[dict[str, Any]], header: str = HEADER) -> str:
+    """YAML documents in their construction order (stable), multi-line strings as blocks."""
+    return header + yaml.dump_all(
+        documents, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False, width=100
+    )
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """SafeDumper writing multi-line strings as `|` blocks and never emitting aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _represent_str)
+
+
+def json_patch(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
+    """RFC 6902 operations turning `old` into `new`: mappings are compared key by key,
+    lists of equal length item by item, anything else that differs is replaced whole."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        ops = [{"op": "remove", "path": _pointer(path, k)} for k in old if k not in new]
+        for key, value in new.items():
+            if key not in old:
+                ops.append({"op": "add", "path": _pointer(path, key), "value": value})
+            else:
+                ops += json_patch(old[key], value, _pointer(path, key))
+        return ops
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        pairs = enumerate(zip(old, new, strict=True))
+        return [op for i, (a, b) in pairs for op in json_patch(a, b, f"{path}/{i}")]
+    if old == new:
+        return []
+    return [{"op": "replace", "path": path, "value": new}]
+
+
+def _pointer(path: str, key: str) -> str:
+    return f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}"
+
+
+KUSTOMIZE_BASE_ACCELERATOR = "cpu"  # the base runs anywhere; overlays add the cards
+
+
+def render_kustomize_tree(config: ServeConfig, options: K8sOptions) -> dict[str, str]:
+    """A kustomize tree for `config` (relative path -> file text): `base/` rendered for
+    CPU, and `overlays/<accelerator>/` with the JSON patches that turn the base into what
+    `render_manifests` gives for that accelerator (`options.accelerator` is not used)."""
+    base = render_manifests(config, replace(options, accelerator=KUSTOMIZE_BASE_ACCELERATOR))
+    header = KUSTOMIZE_HEADER
+    files = {
+        "base/rayservice.yaml": to_yaml(base, header),
+        "base/kustomization.yaml": to_yaml([_kustomization(["rayservice.yaml"])], header),
+    }
+    for accelerator in ACCELERATORS:
+        rendered = render_manifests(config, replace(options, accelerator=accelerator))
+        patches = []
+        ops = json_patch(base[1], rendered[1])
+        if ops:
+            target = {
+                "group": "ray.io",
+                "version": "v1",
+                "kind": "RayService",
+                "name": options.name,
+            }
+            patches.append({"path": "rayservice-patch.yaml", "target": target})
+            files[f"overlays/{accelerator}/rayservice-patch.yaml"] = to_yaml([ops], header)
+        kustomization = _kustomization(["../../base"], patches)
+        files[f"overlays/{accelerator}/kustomization.yaml"] = to_yaml([kustomization], header)
+    return files
+
+
+def _kustomization(resources: list[str], patches: list[dict] | None = None) -> dict[str, Any]:
+    kustomization: dict[str, Any] = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": resources,
+    }
+    if patches:
+        kustomization["patches"] = patches
+    return kustomization
