@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -62,10 +62,8 @@ __all__ = [
     "K8sOptions",
     "WorkerGroupPlan",
     "config_yaml",
-    "json_patch",
     "plan_worker_groups",
     "relative_path_problems",
-    "render_kustomize_tree",
     "render_manifests",
     "to_yaml",
 ]
@@ -87,10 +85,6 @@ RAY_INTERNAL_PORTS = {"metrics": 8080, "dashboard-agent": 52365}
 HEADER = (
     "# Rendered by `gaudi-serve config render`: edit the serving config and render again\n"
     "# instead of editing this file.\n"
-)
-KUSTOMIZE_HEADER = (
-    "# Rendered by `gaudi-serve config render --kustomize DIR`: edit the serving config and\n"
-    "# render again instead of editing this file.\n"
 )
 _NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME_LENGTH = 40  # KubeRay appends suffixes to cluster, pod and service names
@@ -455,68 +449,3 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 
 _BlockDumper.add_representer(str, _represent_str)
-
-
-def json_patch(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
-    """RFC 6902 operations turning `old` into `new`: mappings are compared key by key,
-    lists of equal length item by item, anything else that differs is replaced whole."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        ops = [{"op": "remove", "path": _pointer(path, k)} for k in old if k not in new]
-        for key, value in new.items():
-            if key not in old:
-                ops.append({"op": "add", "path": _pointer(path, key), "value": value})
-            else:
-                ops += json_patch(old[key], value, _pointer(path, key))
-        return ops
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        pairs = enumerate(zip(old, new, strict=True))
-        return [op for i, (a, b) in pairs for op in json_patch(a, b, f"{path}/{i}")]
-    if old == new:
-        return []
-    return [{"op": "replace", "path": path, "value": new}]
-
-
-def _pointer(path: str, key: str) -> str:
-    return f"{path}/{str(key).replace('~', '~0').replace('/', '~1')}"
-
-
-KUSTOMIZE_BASE_ACCELERATOR = "cpu"  # the base runs anywhere; overlays add the cards
-
-
-def render_kustomize_tree(config: ServeConfig, options: K8sOptions) -> dict[str, str]:
-    """A kustomize tree for `config` (relative path -> file text): `base/` rendered for
-    CPU, and `overlays/<accelerator>/` with the JSON patches that turn the base into what
-    `render_manifests` gives for that accelerator (`options.accelerator` is not used)."""
-    base = render_manifests(config, replace(options, accelerator=KUSTOMIZE_BASE_ACCELERATOR))
-    header = KUSTOMIZE_HEADER
-    files = {
-        "base/rayservice.yaml": to_yaml(base, header),
-        "base/kustomization.yaml": to_yaml([_kustomization(["rayservice.yaml"])], header),
-    }
-    for accelerator in ACCELERATORS:
-        rendered = render_manifests(config, replace(options, accelerator=accelerator))
-        patches = []
-        ops = json_patch(base[1], rendered[1])
-        if ops:
-            target = {
-                "group": "ray.io",
-                "version": "v1",
-                "kind": "RayService",
-                "name": options.name,
-            }
-            patches.append({"path": "rayservice-patch.yaml", "target": target})
-            files[f"overlays/{accelerator}/rayservice-patch.yaml"] = to_yaml([ops], header)
-        kustomization = _kustomization(["../../base"], patches)
-        files[f"overlays/{accelerator}/kustomization.yaml"] = to_yaml([kustomization], header)
-    return files
-
-
-def _kustomization(resources: list[str], patches: list[dict] | None = None) -> dict[str, Any]:
-    kustomization: dict[str, Any] = {
-        "apiVersion": "kustomize.config.k8s.io/v1beta1",
-        "kind": "Kustomization",
-        "resources": resources,
-    }
-    if patches:
-        kustomization["patches"] = patches
-    return kustomization

@@ -22,6 +22,7 @@ import yaml
 
 from deployments import k8s
 from deployments.config import ConfigError, ModelConfig, ServeConfig, load_config
+from deployments.k8s_kustomize import render_kustomize_tree
 
 EXIT_INVALID = 2
 ACTIONS = ("check", "render")
@@ -85,7 +86,7 @@ def _render(config: ServeConfig, args: argparse.Namespace) -> int:
         return _report(args.file, problems)
     try:
         if args.kustomize is not None:
-            tree = k8s.render_kustomize_tree(config, options)
+            tree = render_kustomize_tree(config, options)
             files = {Path(args.kustomize) / relative: text for relative, text in tree.items()}
         else:
             text = k8s.to_yaml(k8s.render_manifests(config, options))

@@ -20,13 +20,12 @@ from deployments.k8s import (
     CONFIG_PATH,
     IMPORT_PATH,
     K8sOptions,
-    json_patch,
     plan_worker_groups,
     relative_path_problems,
-    render_kustomize_tree,
     render_manifests,
     to_yaml,
 )
+from deployments.k8s_kustomize import json_patch, render_kustomize_tree
 
 REPO = Path(__file__).parents[2]
 EXAMPLES = sorted((REPO / "deployments" / "examples").glob("*.yaml"))
