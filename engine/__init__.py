@@ -10,6 +10,7 @@ from engine.llm import LLM
 from engine.llm_engine import Engine, EngineStats
 from engine.outputs import RequestOutput, TokenLogprob
 from engine.sampling_params import SamplingParams
+from engine.spec import SpeculativeConfig
 
 __all__ = [
     "LLM",
@@ -22,5 +23,6 @@ __all__ = [
     "PromptTooLongError",
     "RequestOutput",
     "SamplingParams",
+    "SpeculativeConfig",
     "TokenLogprob",
 ]

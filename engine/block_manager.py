@@ -123,11 +123,23 @@ class BlockManager:
         while len(seq.block_table) < needed:
             seq.block_table.append(self._take_free_block())
 
+    def reserve_slots(self, seq: Sequence, num_tokens: int) -> None:
+        """Grow seq's block table toward covering num_tokens with free blocks only, as far
+        as they go (speculative lookahead: never worth a preemption)."""
+        needed = self.blocks_needed(num_tokens)
+        while len(seq.block_table) < needed and self.free_blocks:
+            seq.block_table.append(self._take_free_block())
+
     def trim(self, seq: Sequence, num_tokens: int) -> None:
-        """Drop trailing blocks beyond num_tokens (speculative rollback)."""
+        """Drop trailing blocks beyond num_tokens (speculative rollback). They hold no
+        published content, so they go to the front of the free list, to be reused before
+        blocks that still serve the prefix cache."""
         keep = self.blocks_needed(num_tokens)
         while len(seq.block_table) > keep:
-            self._release(seq.block_table.pop())
+            block_id = seq.block_table.pop()
+            self._release(block_id)
+            if self.ref_counts[block_id] == 0 and self.block_hashes[block_id] is None:
+                self.free_blocks.move_to_end(block_id, last=False)
 
     # -- publishing and freeing ---------------------------------------------------------
     def publish_computed_blocks(self, seq: Sequence) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from engine.buckets import BucketConfig
+from engine.spec.config import SpeculativeConfig
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 BLOCK_SIZE_CHOICES = (8, 16, 32, 64, 128)
@@ -27,6 +28,8 @@ class EngineConfig:
         the engine is ready.
     strict_shapes: raise BucketMissError on a step whose shape was not warmed.
     enable_graphs: capture and replay graphs on backends that have them (hpu, cuda).
+    speculative: speculative decoding (a draft model or n-gram proposals, verified by the
+        model); None = off.
     """
 
     model: str | None = None
@@ -47,6 +50,7 @@ class EngineConfig:
     warmup: bool = True
     strict_shapes: bool = False
     enable_graphs: bool = True
+    speculative: SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
         from engine.devices import DEVICE_CHOICES
@@ -64,6 +68,10 @@ class EngineConfig:
         fraction = self.kv_cache_memory_fraction
         if fraction is not None and not 0.0 < fraction <= 1.0:
             raise ValueError(f"kv_cache_memory_fraction must be in (0, 1], got {fraction!r}")
+        if self.speculative is not None and not isinstance(self.speculative, SpeculativeConfig):
+            raise ValueError(
+                f"speculative must be a SpeculativeConfig or None, got {self.speculative!r}"
+            )
 
     def bucket_config(self) -> BucketConfig:
         """The bucket grid: explicit, or derived from the limits (needs max_model_len)."""

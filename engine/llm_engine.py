@@ -2,6 +2,8 @@
 
 One step = the scheduler picks sequences -> the host builds padded inputs -> the executor
 runs the forward and samples on the device -> outputs are processed on the host.
+With speculative decoding (engine.spec) a decode step becomes a verify step when there are
+proposals: each sequence may emit several tokens, appended one by one through the stops.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput, StepKind
 from engine.sequence import Sequence
 from engine.shapes import StepShape, StepShaper, check_covers
+from engine.spec.decoder import SpecDecoder, VerifyPlan
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,14 @@ class EngineStats:
     num_eager_runs: int
     num_warmed_shapes: int
     warmup_s: float
+    # Speculative decoding (zeros when off). A verified sequence-step is one sequence in a
+    # verify step with at least one proposal.
+    num_verify_steps: int = 0
+    num_draft_tokens: int = 0  # proposals verified
+    num_accepted_tokens: int = 0  # proposals accepted
+    acceptance_rate: float = 0.0  # accepted / proposed
+    mean_accepted_tokens: float = 0.0  # accepted proposals per verified sequence-step
+    proposer_s: float = 0.0  # time spent proposing (draft forwards or n-gram lookup)
 
     @property
     def padding_ratio(self) -> float:
@@ -68,6 +79,11 @@ class Engine:
         self.shaper = StepShaper(config.bucket_config(), config.block_size)
         check_covers(self.shaper, config.max_model_len)
         self.executor = executor or create_executor(config, self.model_path)
+        self.spec: SpecDecoder | None = None
+        if config.speculative is not None:
+            self.spec = SpecDecoder.create(
+                config, self.shaper, self.executor, self.model_path, self.tokenizer
+            )
         self.warmed: set[StepShape] = set()
         self.warmup_s = 0.0
         num_blocks = self._warm_up_and_size_kv_cache()
@@ -78,6 +94,7 @@ class Engine:
         self.stop_rule = StopRule(self._eos_token_ids(), config.max_model_len)
         self.requests: dict[str, RequestState] = {}
         self._rng = random.Random(config.seed)
+        self._execute_s = 0.0  # the last step's executor time (forward and sampling)
         self._counters = dict.fromkeys(
             ("prefill", "generated", "steps", "misses", "real", "padded"), 0
         )
@@ -98,20 +115,32 @@ class Engine:
         """Warm every bucket eagerly on a one-block cache (only the padding block is
         touched), so the activation peak is taken before the KV cache is sized from what
         is left; then allocate the cache and capture graphs, which reference it."""
-        shapes = self.shaper.warmup_shapes() if self.config.warmup else []
+        spec, is_warm = self.spec, self.config.warmup
+        query_lens = (1, *spec.verify_query_lens) if spec is not None else (1,)
+        shapes = self.shaper.warmup_shapes(query_lens) if is_warm else []
         start = time.perf_counter()
         self.executor.init_kv_cache(1)
+        if spec is not None:
+            spec.init_kv_cache(1)
         for shape in tqdm(shapes, desc="warmup", disable=None):
             self.executor.warmup(dummy_model_input(shape), capture=False)
+        if spec is not None and is_warm:
+            spec.warmup(capture=False, graph_kinds=())
         num_blocks = self._size_kv_cache()
         self.executor.init_kv_cache(num_blocks)
+        if spec is not None:
+            spec.init_kv_cache(num_blocks)
         graph_kinds = self.executor.graph_kinds if self.config.enable_graphs else ()
         captured = [s for s in shapes if s.kind in graph_kinds]
         free_before = self.executor.memory_stats().free_bytes
         for shape in tqdm(captured, desc="capture graphs", disable=None):
             self.executor.warmup(dummy_model_input(shape), capture=True)
+        if spec is not None and is_warm and graph_kinds:
+            spec.warmup(capture=True, graph_kinds=graph_kinds)
         graph_bytes = free_before - self.executor.memory_stats().free_bytes
         self.warmed = set(shapes)
+        if spec is not None and is_warm and spec.config.adaptive:
+            logger.info("speculative step costs: %s", spec.calibrate(self.executor))
         self.warmup_s = time.perf_counter() - start
         if shapes:
             logger.info(
@@ -126,6 +155,8 @@ class Engine:
     def _size_kv_cache(self) -> int:
         cfg = self.config
         per_token = self.executor.kv_spec.bytes_per_token
+        if self.spec is not None:  # the draft's cache mirrors the target's blocks
+            per_token += self.spec.kv_bytes_per_token
         if cfg.kv_cache_tokens is not None:
             tokens = cfg.kv_cache_tokens
         else:
@@ -206,6 +237,8 @@ class Engine:
             return False
         self.scheduler.abort(state.seq)
         state.seq.finish_reason = "abort"
+        if self.spec is not None:
+            self.spec.release(state.seq)
         return True
 
     @property
@@ -216,14 +249,33 @@ class Engine:
     def step(self, stream: bool = True) -> list[RequestOutput]:
         """Run one step. Returns outputs of every request that got a token (stream=True) or
         only of those that finished (stream=False)."""
-        sched = self.scheduler.schedule()
+        start = time.perf_counter()
+        k = self.spec.choose_k(self.scheduler.running) if self.spec is not None else 0
+        sched = self.scheduler.schedule(num_lookahead_tokens=k)
         if sched is None:
             return []
+        if self.spec is None or sched.kind is not StepKind.DECODE:
+            return self._run_step(sched, stream)
+        plan = self.spec.plan([item.seq for item in sched.scheduled], k)
+        if plan is None:
+            outputs = self._run_step(sched, stream)
+        else:
+            outputs = self._verify_step(sched, plan, stream)
+        self.spec.on_decode_step(time.perf_counter() - start, self._execute_s)
+        return outputs
+
+    def _run_step(self, sched: SchedulerOutput, stream: bool) -> list[RequestOutput]:
         shape = self.step_shape(sched)
-        self._account(shape, sched)
-        out = self.executor.execute(build_model_input(sched, self.config.block_size, shape))
+        self._account(shape, sched.num_tokens)
+        out = self._execute(build_model_input(sched, self.config.block_size, shape))
         self._counters["steps"] += 1
         return self._process(sched, out, stream)
+
+    def _execute(self, inp):
+        start = time.perf_counter()
+        out = self.executor.execute(inp)
+        self._execute_s = time.perf_counter() - start
+        return out
 
     def step_shape(self, sched: SchedulerOutput) -> StepShape:
         bs = self.config.block_size
@@ -234,7 +286,7 @@ class Engine:
         max_len = max(s.num_tokens for s in items)
         return self.shaper.prefill_shape(len(items), max_len, max_blocks)
 
-    def _account(self, shape: StepShape, sched: SchedulerOutput) -> None:
+    def _account(self, shape: StepShape, num_real_tokens: int) -> None:
         if shape not in self.warmed:
             self._counters["misses"] += 1
             if self.config.strict_shapes:
@@ -242,7 +294,7 @@ class Engine:
                     f"step shape {shape} was not warmed (strict_shapes); warmed: "
                     f"{len(self.warmed)} shapes"
                 )
-        self._counters["real"] += sched.num_tokens
+        self._counters["real"] += num_real_tokens
         self._counters["padded"] += shape.num_tokens
 
     def _process(self, sched: SchedulerOutput, out, stream: bool) -> list[RequestOutput]:
@@ -257,25 +309,68 @@ class Engine:
             if not is_sampled:
                 continue
             state = self.requests[seq.request_id]
-            token = out.token_ids[row]
-            seq.token_ids.append(token)
-            self._counters["generated"] += 1
-            if state.logprobs is not None:
-                chosen, top = out.logprobs[row]
-                n = seq.params.logprobs
-                state.logprobs.append(TokenLogprob(token, chosen, dict(top[:n])))
-            state.detokenizer.update(seq.token_ids)
-            check_stop(state, token, self.stop_rule)
-            finished = seq.finish_reason is not None
+            logprobs = [out.logprobs[row]] if out.logprobs is not None else None
+            finished = self._append_tokens(state, [out.token_ids[row]], logprobs)
             if finished:
-                state.detokenizer.flush(seq.token_ids)
-                if state.detokenizer.stopped:  # the flushed tail completed a stop string
-                    seq.finish_reason, seq.stop_reason = "stop", state.detokenizer.matched_stop
-                self.scheduler.finish(seq)
-                del self.requests[seq.request_id]
+                self._finish(state)
+            elif self.spec is not None:  # free lookahead slots a step without proposals left
+                self.block_manager.trim(seq, seq.num_tokens)
             if stream or finished:
                 outputs.append(make_output(state, finished=finished))
         return outputs
+
+    def _verify_step(self, sched: SchedulerOutput, plan: VerifyPlan, stream: bool):
+        """A decode step that verifies proposals: each row emits its accepted proposals and
+        the target's next token, processed one by one so that stops land exactly."""
+        shape = self.spec.verify_shape(plan)
+        self._account(shape, plan.num_tokens)
+        out = self._execute(self.spec.build_input(plan, shape))
+        self._counters["steps"] += 1
+        self.spec.on_verify_step()
+        outputs = []
+        for row, item in enumerate(sched.scheduled):
+            seq = item.seq
+            state = self.requests[seq.request_id]
+            logprobs = out.logprobs[row] if out.logprobs is not None else None
+            finished = self._append_tokens(state, out.token_ids[row], logprobs)
+            if not finished:
+                # KV is valid through the last accepted proposal: up to the new last token.
+                seq.num_computed_tokens = seq.num_tokens - 1
+                self.block_manager.publish_computed_blocks(seq)
+                self.block_manager.trim(seq, seq.num_tokens)
+            num_proposed = len(plan.proposals[row])
+            self.spec.on_verified(seq, num_proposed, out.num_accepted[row], plan.sources[row])
+            if finished:
+                self._finish(state)
+            if stream or finished:
+                outputs.append(make_output(state, finished=finished))
+        return outputs
+
+    def _append_tokens(self, state: RequestState, tokens: list[int], logprobs) -> bool:
+        """Append tokens through the stop checks one at a time; the first that finishes the
+        request ends it and the rest are dropped. Returns whether it finished."""
+        seq = state.seq
+        for i, token in enumerate(tokens):
+            seq.token_ids.append(token)
+            self._counters["generated"] += 1
+            if state.logprobs is not None:
+                chosen, top = logprobs[i]
+                state.logprobs.append(TokenLogprob(token, chosen, dict(top[: seq.params.logprobs])))
+            state.detokenizer.update(seq.token_ids)
+            check_stop(state, token, self.stop_rule)
+            if seq.finish_reason is not None:
+                return True
+        return False
+
+    def _finish(self, state: RequestState) -> None:
+        seq = state.seq
+        state.detokenizer.flush(seq.token_ids)
+        if state.detokenizer.stopped:  # the flushed tail completed a stop string
+            seq.finish_reason, seq.stop_reason = "stop", state.detokenizer.matched_stop
+        self.scheduler.finish(seq)
+        del self.requests[seq.request_id]
+        if self.spec is not None:
+            self.spec.release(seq)
 
     def stats(self) -> EngineStats:
         bm, c = self.block_manager, self._counters
@@ -291,16 +386,19 @@ class Engine:
             num_prefill_tokens=c["prefill"],
             num_generated_tokens=c["generated"],
             num_steps=c["steps"],
-            num_bucket_misses=c["misses"],
+            num_bucket_misses=c["misses"] + (self.spec.num_bucket_misses if self.spec else 0),
             num_real_tokens=c["real"],
             num_padded_tokens=c["padded"],
             num_graph_replays=runner["num_graph_replays"],
             num_eager_runs=runner["num_eager_runs"],
             num_warmed_shapes=len(self.warmed),
             warmup_s=self.warmup_s,
+            **(self.spec.stats() if self.spec is not None else {}),
         )
 
     def shutdown(self) -> None:
         for request_id in list(self.requests):
             self.abort_request(request_id)
+        if self.spec is not None:
+            self.spec.shutdown()
         self.executor.shutdown()

@@ -9,12 +9,16 @@ real sequence. The runner moves these tensors to the device (`prepare_*`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from engine.block_manager import PADDING_BLOCK_ID
 from engine.scheduler import SchedulerOutput
 from engine.shapes import StepShape
+
+if TYPE_CHECKING:
+    from engine.spec.verify import VerifyInput
 
 
 @dataclass
@@ -33,6 +37,26 @@ class SamplingInput:
     is_all_greedy: bool
     needs_filters: bool  # any top-k / top-p
 
+    def to(self, device: torch.device, num_rows: int) -> SamplingInput:
+        """The first num_rows rows (the real ones), on device."""
+
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[:num_rows].to(device, non_blocking=True)
+
+        return SamplingInput(
+            temperature=move(self.temperature),
+            top_k=move(self.top_k),
+            top_p=move(self.top_p),
+            repetition_penalty=move(self.repetition_penalty),
+            seeds=move(self.seeds),
+            counters=move(self.counters),
+            history=move(self.history),
+            num_logprobs=self.num_logprobs,
+            want_logprobs=self.want_logprobs,
+            is_all_greedy=self.is_all_greedy,
+            needs_filters=self.needs_filters,
+        )
+
 
 @dataclass
 class ModelInput:
@@ -44,34 +68,59 @@ class ModelInput:
     sampling: SamplingInput
     num_seqs: int  # real rows; rows past it are padding
     shape: StepShape
+    # A speculative verify step: the proposals to accept or reject (engine.spec.verify).
+    verify: VerifyInput | None = None
+
+
+class FeedRow(NamedTuple):
+    """One row of a step: token_ids fed at positions start, start + 1, ... of a sequence
+    whose KV lives in block_table. A row of no tokens is padding."""
+
+    token_ids: list[int]
+    start: int
+    block_table: list[int]
 
 
 def build_model_input(sched: SchedulerOutput, block_size: int, shape: StepShape) -> ModelInput:
     """Rows past the scheduled ones, and columns left of each row's tokens, are padding."""
+    rows = []
+    for item in sched.scheduled:
+        seq, start = item.seq, item.seq.num_computed_tokens
+        rows.append(FeedRow(seq.token_ids[start : start + item.num_tokens], start, seq.block_table))
+    return build_feed_input(
+        sched.kind.value, rows, block_size, shape, build_sampling_input(sched, shape.batch_size)
+    )
+
+
+def build_feed_input(
+    kind: str, rows: list[FeedRow], block_size: int, shape: StepShape, sampling: SamplingInput
+) -> ModelInput:
+    """Padded CPU tensors of `rows` at `shape`: rows are left-padded to shape.query_len and
+    the batch is padded to shape.batch_size; padding reads and writes the padding block."""
     batch, q_len, num_blocks = shape.batch_size, shape.query_len, shape.num_blocks
     input_ids = [[0] * q_len for _ in range(batch)]
     positions = [[0] * q_len for _ in range(batch)]
     slots = [[0] * q_len for _ in range(batch)]
     tables = [[PADDING_BLOCK_ID] * num_blocks for _ in range(batch)]
-    for row, item in enumerate(sched.scheduled):
-        seq, n = item.seq, item.num_tokens
-        start = seq.num_computed_tokens
+    for row, (token_ids, start, table) in enumerate(rows):
+        n = len(token_ids)
+        if not n:
+            continue
         pad = q_len - n
-        input_ids[row][pad:] = seq.token_ids[start : start + n]
+        input_ids[row][pad:] = token_ids
         positions[row][pad:] = range(start, start + n)
-        table = seq.block_table
         slots[row][pad:] = [
             table[p // block_size] * block_size + p % block_size for p in range(start, start + n)
         ]
         tables[row][: len(table)] = table[:num_blocks]
     return ModelInput(
-        kind=sched.kind.value,
+        kind=kind,
         input_ids=torch.tensor(input_ids, dtype=torch.long),
         positions=torch.tensor(positions, dtype=torch.long),
         slot_mapping=torch.tensor(slots, dtype=torch.long).view(-1),
         block_tables=torch.tensor(tables, dtype=torch.long),
-        sampling=build_sampling_input(sched, batch),
-        num_seqs=len(sched.scheduled),
+        sampling=sampling,
+        num_seqs=len(rows),
         shape=shape,
     )
 

@@ -3,6 +3,8 @@ rank, and runs one padded step (forward, then sampling)."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from engine.attention import PagedMetadata
@@ -11,6 +13,7 @@ from engine.loader import KVSpec
 from engine.model_input import ModelInput, SamplingInput
 from engine.sampler import SamplerOutput, sample
 from engine.shapes import StepShape
+from engine.spec.verify import VerifyOutput, verify
 
 
 class ModelRunner:
@@ -74,45 +77,44 @@ class ModelRunner:
         )
         return out.logits
 
+    @staticmethod
+    def num_logits(shape: StepShape) -> int:
+        """Logits kept per row: the last position of a prefill chunk; every position of a
+        decode-like step (1 for plain decode, k + 1 for a speculative verify step)."""
+        return shape.query_len if shape.kind == "decode" else 1
+
     @torch.inference_mode()
-    def execute(self, inp: ModelInput) -> SamplerOutput:
+    def run_logits(self, inp: ModelInput) -> torch.Tensor:
+        """The padded forward (graph replay where captured) -> logits of the real rows,
+        [num_seqs, num_logits, vocab], on the device. NOTE: a replayed graph's output is
+        overwritten by the next replay: consume it first."""
         inputs = self.prepare_inputs(inp)
         graph = self.graphs.get(inp.shape)
         if graph is not None:
             logits = graph(**inputs)
             self.num_graph_replays += 1
         else:
-            logits = self.run_forward(**inputs)
+            logits = self.run_forward(**inputs, num_logits=self.num_logits(inp.shape))
             self.num_eager_runs += 1
-        logits = logits[: inp.num_seqs, -1, :]
+        return logits[: inp.num_seqs]
+
+    @torch.inference_mode()
+    def execute(self, inp: ModelInput) -> SamplerOutput | VerifyOutput:
+        logits = self.run_logits(inp)
         # NOTE: a step boundary between forward and sampling keeps each bucket's lazy-mode
         # graph independent of the sampling path the batch takes (HPU; no-op elsewhere).
         self.device.mark_step()
-        return sample(logits, self.prepare_sampling(inp.sampling, inp.num_seqs))
+        if inp.verify is not None:
+            return verify(logits, inp.verify.to(self.device.torch_device, inp.num_seqs))
+        return sample(logits[:, -1, :], self.prepare_sampling(inp.sampling, inp.num_seqs))
 
     @torch.inference_mode()
     def warmup(self, inp: ModelInput, capture: bool) -> None:
         """Run one all-padding step of inp.shape; capture its graph if asked."""
         self.execute(inp)
         if capture:
-            self.graphs[inp.shape] = self.device.capture(self.run_forward, self.prepare_inputs(inp))
+            forward = functools.partial(self.run_forward, num_logits=self.num_logits(inp.shape))
+            self.graphs[inp.shape] = self.device.capture(forward, self.prepare_inputs(inp))
 
     def prepare_sampling(self, s: SamplingInput, num_seqs: int) -> SamplingInput:
-        dev = self.device.torch_device
-
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[:num_seqs].to(dev, non_blocking=True)
-
-        return SamplingInput(
-            temperature=move(s.temperature),
-            top_k=move(s.top_k),
-            top_p=move(s.top_p),
-            repetition_penalty=move(s.repetition_penalty),
-            seeds=move(s.seeds),
-            counters=move(s.counters),
-            history=move(s.history),
-            num_logprobs=s.num_logprobs,
-            want_logprobs=s.want_logprobs,
-            is_all_greedy=s.is_all_greedy,
-            needs_filters=s.needs_filters,
-        )
+        return s.to(self.device.torch_device, num_seqs)

@@ -68,21 +68,36 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
-def sample(logits: torch.Tensor, inp: SamplingInput) -> SamplerOutput:
-    """logits: [batch, vocab] -> one token per row (and logprobs if any row asked)."""
+def process_logits(
+    logits: torch.Tensor, inp: SamplingInput
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits: [batch, vocab] -> (greedy tokens [batch], probs [batch, vocab] after the
+    repetition penalty, temperature, top-k and top-p; None when every row is greedy)."""
     logits = logits.float()
-    raw = logits
     if inp.history is not None:
         logits = apply_repetition_penalty(logits, inp.history, inp.repetition_penalty)
-    tokens = logits.argmax(dim=-1)
-    if not inp.is_all_greedy:
-        temperature = inp.temperature[:, None]
-        scaled = logits / temperature.clamp(min=1e-5)
-        if inp.needs_filters:
-            scaled = apply_top_k_top_p(scaled, inp.top_k, inp.top_p)
-        probs = scaled.softmax(dim=-1)
-        exp_noise = -torch.log(uniform_noise(inp.seeds, inp.counters, logits.shape[-1]))
-        sampled = (probs / exp_noise).argmax(dim=-1)
+    greedy = logits.argmax(dim=-1)
+    if inp.is_all_greedy:
+        return greedy, None
+    scaled = logits / inp.temperature[:, None].clamp(min=1e-5)
+    if inp.needs_filters:
+        scaled = apply_top_k_top_p(scaled, inp.top_k, inp.top_p)
+    return greedy, scaled.softmax(dim=-1)
+
+
+def race(weights: torch.Tensor, seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """One draw per row from weights [batch, vocab] (non-negative, any scale): the token
+    with the largest weight / E, E ~ Exp(1) from the row's (seed, counter) noise."""
+    exp_noise = -torch.log(uniform_noise(seeds, counters, weights.shape[-1]))
+    return (weights / exp_noise).argmax(dim=-1)
+
+
+def sample(logits: torch.Tensor, inp: SamplingInput) -> SamplerOutput:
+    """logits: [batch, vocab] -> one token per row (and logprobs if any row asked)."""
+    raw = logits.float()
+    tokens, probs = process_logits(raw, inp)
+    if probs is not None:
+        sampled = race(probs, inp.seeds, inp.counters)
         tokens = torch.where(inp.temperature > 0, sampled, tokens)
     token_list = tokens.tolist()
     if not inp.want_logprobs:

@@ -84,8 +84,10 @@ class Scheduler:
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
 
-    def schedule(self) -> SchedulerOutput | None:
-        return self._schedule_prefill() or self._schedule_decode()
+    def schedule(self, num_lookahead_tokens: int = 0) -> SchedulerOutput | None:
+        """The next step. num_lookahead_tokens: slots a decode step reserves past each
+        sequence's next token where free blocks allow (speculative proposals)."""
+        return self._schedule_prefill() or self._schedule_decode(num_lookahead_tokens)
 
     def _schedule_prefill(self) -> SchedulerOutput | None:
         scheduled: list[ScheduledSeq] = []
@@ -119,7 +121,7 @@ class Scheduler:
             take(seq, limit)
         return SchedulerOutput(StepKind.PREFILL, scheduled) if scheduled else None
 
-    def _schedule_decode(self) -> SchedulerOutput | None:
+    def _schedule_decode(self, num_lookahead_tokens: int = 0) -> SchedulerOutput | None:
         scheduled: list[ScheduledSeq] = []
         for seq in list(self.running):
             if seq not in self.running:  # preempted below to make room for an earlier one
@@ -132,6 +134,9 @@ class Scheduler:
             if seq in self.running:
                 self.block_manager.append_slots(seq)
                 scheduled.append(ScheduledSeq(seq, 1))
+        # Lookahead only after every row has its one slot, so it never causes a preemption.
+        for item in scheduled if num_lookahead_tokens else ():
+            self.block_manager.reserve_slots(item.seq, item.seq.num_tokens + num_lookahead_tokens)
         return SchedulerOutput(StepKind.DECODE, scheduled) if scheduled else None
 
     def _preempt(self, seq: Sequence) -> None:

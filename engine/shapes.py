@@ -1,7 +1,9 @@
 """The padded shape of every step, and the set of shapes warmed at start-up.
 
 A step runs at a `StepShape` (kind, rows, query tokens per row, context blocks per row):
-- decode: (batch bucket, 1, blocks bucket) from `pick_decode_bucket`;
+- decode: (batch bucket, 1, blocks bucket) from `pick_decode_bucket`; speculative decoding
+  adds decode shapes with more query tokens per row (a verify step feeds k + 1 tokens, a
+  draft model's catch-up step 2), warmed when listed in `warmup_shapes(decode_query_lens)`;
 - prefill: (batch, query length) from `pick_prefill_bucket`, and the block-table width is
   either the "fresh" width ceil(query_len / block_size), enough when no row has context
   before its chunk, or the full table (max blocks) for steps that continue a chunked
@@ -74,6 +76,13 @@ class StepShaper:
     def max_context_len(self) -> int:
         return self.max_blocks * self.block_size
 
+    @property
+    def max_prefill_batch_size(self) -> int:
+        """The most rows a prefill step may have."""
+        return max(
+            (b for b, n in zip(self._batches, self._max_len_by_batch, strict=True) if n), default=0
+        )
+
     def fresh_blocks(self, query_len: int) -> int:
         return -(-query_len // self.block_size)
 
@@ -88,14 +97,18 @@ class StepShaper:
         blocks = fresh if max_context_blocks <= fresh else self.max_blocks
         return StepShape("prefill", bucket.batch_size, bucket.query_len, blocks)
 
-    def decode_shape(self, batch_size: int, max_blocks: int) -> StepShape:
+    def decode_shape(self, batch_size: int, max_blocks: int, query_len: int = 1) -> StepShape:
+        """A decode-like step: query_len tokens per row (1 = plain decode)."""
         bucket = pick_decode_bucket(self.buckets, batch_size, max_blocks)
-        return StepShape("decode", bucket.batch_size, 1, bucket.num_blocks)
+        return StepShape("decode", bucket.batch_size, query_len, bucket.num_blocks)
 
-    def warmup_shapes(self) -> list[StepShape]:
-        """Every shape a step can take, largest first (graph pools want that order)."""
+    def warmup_shapes(self, decode_query_lens: tuple[int, ...] = (1,)) -> list[StepShape]:
+        """Every shape a step can take, largest first (graph pools want that order).
+        decode_query_lens: query tokens per row of the decode-like steps to warm."""
         shapes = {
-            StepShape("decode", b.batch_size, 1, b.num_blocks) for b in decode_buckets(self.buckets)
+            StepShape("decode", b.batch_size, q, b.num_blocks)
+            for b in decode_buckets(self.buckets)
+            for q in decode_query_lens
         }
         for b in prefill_buckets(self.buckets):
             for blocks in (self.fresh_blocks(b.query_len), self.max_blocks):

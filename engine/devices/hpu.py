@@ -96,8 +96,11 @@ class HpuDevice(Device):
             graph = hthpu.HPUGraph()
             with hthpu.stream(self._capture_stream):
                 graph.capture_begin()
-                static_output = fn(**static_inputs)
-                graph.capture_end()
+                try:
+                    static_output = fn(**static_inputs)
+                finally:
+                    # NOTE: end the capture even when fn fails, or the bridge stays capturing.
+                    graph.capture_end()
             hthpu.synchronize()
         return CapturedGraph(graph, static_inputs, static_output)
 

@@ -1,0 +1,52 @@
+"""Operator escape hatches: every environment variable gaudi-serve reads, all prefixed
+GAUDI_SERVE_, each read (and checked loudly) by its accessor when needed, never at import.
+
+    GAUDI_SERVE_CONFIG            serving config file for `serve run deployments.app:app`
+    GAUDI_SERVE_DRAIN_TIMEOUT_S   default seconds `gaudi-serve up` waits for in-flight
+                                  requests on Ctrl-C / SIGTERM (default 30)
+    GAUDI_SERVE_STREAM_INTERVAL_MS  least time between two chunks of one streamed answer
+                                  (default 0: every step); a larger value sends fewer,
+                                  bigger chunks, cutting per-chunk overhead under load
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+
+
+def serve_config_path() -> Path | None:
+    """GAUDI_SERVE_CONFIG: a YAML serving config; None when unset."""
+    value = os.environ.get("GAUDI_SERVE_CONFIG", "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"GAUDI_SERVE_CONFIG={value!r}: no such file (expected a YAML config)")
+    return path
+
+
+def drain_timeout_s() -> float:
+    """GAUDI_SERVE_DRAIN_TIMEOUT_S: a number of seconds >= 0; default 30."""
+    return _seconds_like("GAUDI_SERVE_DRAIN_TIMEOUT_S", DEFAULT_DRAIN_TIMEOUT_S)
+
+
+def stream_interval_ms() -> float:
+    """GAUDI_SERVE_STREAM_INTERVAL_MS: a number of milliseconds >= 0; default 0."""
+    return _seconds_like("GAUDI_SERVE_STREAM_INTERVAL_MS", 0.0)
+
+
+def _seconds_like(name: str, default: float) -> float:
+    """A non-negative number from the environment variable `name`; `default` when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0:  # also rejects nan
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return number

@@ -1,0 +1,107 @@
+"""What an `LLMServer` replica sends back through a deployment handle.
+
+A generation streams `GenerationChunk`s: each carries only what is new since the previous
+chunk (text and tokens), so a long answer does not resend its prefix on every step. These
+are plain frozen dataclasses: the ingress and Python clients unpickle them without loading
+a model or a tokenizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TopToken:
+    """One of the likeliest tokens at a position (when logprobs were requested)."""
+
+    id: int
+    text: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    """One generated token. When logprobs were requested, `text` is the token decoded on its
+    own (a token holding part of a UTF-8 character decodes to U+FFFD) and `logprob` and
+    `top` are set; otherwise all three are empty. The stream's text is always in
+    `GenerationChunk.text`."""
+
+    id: int
+    text: str | None
+    is_special: bool
+    logprob: float | None = None
+    top: tuple[TopToken, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """The part of one request's answer produced since the previous chunk.
+
+    `finish_reason` is set on the last chunk only: "stop" (EOS, a stop token or a stop
+    string; `stop_reason` says which) or "length" (max_tokens or the context length).
+    """
+
+    request_id: str
+    text: str
+    tokens: tuple[GeneratedToken, ...]
+    num_prompt_tokens: int
+    num_cached_tokens: int  # prompt tokens served from the prefix cache
+    num_generated_tokens: int  # so far, this chunk included
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def is_stop_string(self) -> bool:
+        """Whether a stop string (rather than EOS or a stop token) ended the request."""
+        return self.finish_reason == "stop" and isinstance(self.stop_reason, str)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a deployment serves, as its replicas resolved it."""
+
+    name: str
+    path: str
+    device: str
+    dtype: str
+    tp_size: int
+    max_model_len: int
+    max_num_seqs: int
+    vocab_size: int
+    has_chat_template: bool
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt that still leaves room for one generated token."""
+        return self.max_model_len - 1
+
+
+class InvalidRequestError(ValueError):
+    """Bad input to a replica (a 4xx). `param` names the offending input: "prompt",
+    "messages", "truncate" or a sampling parameter.
+
+    NOTE: errors cross the handle pickled as (class, args): every argument goes to the base
+    constructor so they rebuild intact (an engine error with another signature would not).
+    """
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message, param)
+        # plain attributes, not properties over args: Ray's RayTaskError(InvalidRequestError)
+        # wrapper has other args and forwards unknown attributes to this exception
+        self.message = message
+        self.param = param
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class EngineUnavailableError(RuntimeError):
+    """The replica's engine failed or is wedged (a 503); Serve will replace the replica."""
+
+    def __init__(self, message: str):
+        super().__init__(message)

@@ -1,0 +1,209 @@
+"""How the ingress reaches models: the table of served models and their handles, one
+engine request as a stream through a handle, merging several, and turning what comes
+back through a handle into an `ApiError`.
+
+A stream is opened eagerly: `SampleStream.open()` waits for the first chunk, so bad input,
+overload and a dead engine surface as errors *before* any HTTP header is sent and get a
+proper status code, rather than an error in the middle of a 200 stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from deployments.generation import (
+    EngineUnavailableError,
+    GenerationChunk,
+    InvalidRequestError,
+    ModelInfo,
+)
+from deployments.protocol import ApiError
+
+RETRY_AFTER_S = 1.0
+# Called once per finished engine request: (ttft_s, decode_s, last chunk).
+OnSampleDone = Callable[[float, float, GenerationChunk], None]
+
+
+class ModelTable:
+    """The served models by name, each a DeploymentHandle to its LLMServer deployment."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle], default_model: str | None = None):
+        if not handles:
+            raise ValueError("at least one model deployment is required")
+        self.handles = handles
+        self.default_model = default_model or next(iter(handles))
+        self._infos: dict[str, ModelInfo] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.handles)
+
+    def resolve(self, model: str | None, param: str = "model") -> str:
+        """The served model a request names; None picks the only model. ApiError 404
+        (code model_not_found) listing the served models otherwise."""
+        served = ", ".join(self.handles)
+        if model is None:
+            if len(self.handles) == 1:
+                return self.default_model
+            raise ApiError(400, f"{param} is required: this server serves {served}", param)
+        if model not in self.handles:
+            message = f"model {model!r} not found; served models: {served}"
+            raise ApiError(404, message, param, code="model_not_found")
+        return model
+
+    async def info(self, model: str) -> ModelInfo:
+        """The model's ModelInfo, asked of a replica once and then cached."""
+        if model not in self._infos:
+            try:
+                self._infos[model] = await self.handles[model].model_info.remote()
+            except Exception as exc:
+                raise to_api_error(exc) from None
+        return self._infos[model]
+
+
+class SampleStream:
+    """One engine request (one choice) through a handle. Call `open()` first."""
+
+    def __init__(
+        self,
+        handle: DeploymentHandle,
+        index: int,
+        on_done: OnSampleDone | None = None,
+        **generate_kwargs: Any,
+    ):
+        self.handle = handle
+        self.index = index
+        self.on_done = on_done
+        self.generate_kwargs = generate_kwargs
+        self._gen: DeploymentResponseGenerator | None = None
+        self._first: GenerationChunk | None = None
+        self._is_finished = False
+        self._start_s = time.monotonic()
+
+    async def open(self) -> None:
+        """Send the request and wait for its first chunk (raises ApiError)."""
+        self._gen = self.handle.options(stream=True).generate.remote(**self.generate_kwargs)
+        self._first = await self._next()
+        self._first_s = time.monotonic()
+
+    async def _next(self) -> GenerationChunk:
+        try:
+            return await self._gen.__anext__()
+        except StopAsyncIteration:
+            raise ApiError(500, "the model's stream ended without finishing") from None
+        except Exception as exc:
+            raise to_api_error(exc) from None
+
+    async def chunks(self) -> AsyncIterator[GenerationChunk]:
+        """Every chunk, the first included, until the request finishes."""
+        chunk = self._first
+        while True:
+            if chunk.is_finished:
+                self._is_finished = True
+                if self.on_done is not None:
+                    ttft_s = self._first_s - self._start_s
+                    self.on_done(ttft_s, time.monotonic() - self._first_s, chunk)
+            yield chunk
+            if chunk.is_finished:
+                return
+            chunk = await self._next()
+
+    def close(self) -> None:
+        """Cancel the request if it is still running (its KV blocks are freed)."""
+        if self._gen is None or self._is_finished:
+            return
+        # cancel() re-raises the request's own failure, which was already reported
+        with contextlib.suppress(Exception):
+            self._gen.cancel()
+
+
+async def open_all(streams: Sequence[SampleStream]) -> None:
+    """Open every stream concurrently; on any failure close them all and raise the first."""
+    results = await asyncio.gather(*(s.open() for s in streams), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        close_all(streams)
+        raise errors[0]
+
+
+def close_all(streams: Sequence[SampleStream]) -> None:
+    for stream in streams:
+        stream.close()
+
+
+async def merge(streams: Sequence[SampleStream]) -> AsyncIterator[tuple[int, GenerationChunk]]:
+    """(choice index, chunk) from all opened streams as they arrive. Closing the merged
+    iterator early cancels every stream still running."""
+    if len(streams) == 1:
+        stream = streams[0]
+        try:
+            async for chunk in stream.chunks():
+                yield stream.index, chunk
+        finally:
+            stream.close()
+        return
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(stream: SampleStream) -> None:
+        try:
+            async for chunk in stream.chunks():
+                queue.put_nowait((stream.index, chunk))
+        except Exception as exc:  # handed to the consumer, which raises it
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(None)
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        num_running = len(tasks)
+        while num_running:
+            item = await queue.get()
+            if item is None:
+                num_running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        close_all(streams)
+
+
+def to_api_error(exc: BaseException) -> ApiError:
+    """The ApiError for what a handle call raised; re-raises what is not an API error."""
+    if isinstance(exc, ApiError):
+        return exc
+    cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+    if isinstance(cause, InvalidRequestError):
+        return ApiError(400, cause.message, cause.param)
+    if isinstance(cause, EngineUnavailableError):
+        return ApiError(503, str(cause), code="engine_unavailable", retry_after_s=RETRY_AFTER_S)
+    if isinstance(cause, BackPressureError):
+        return ApiError(
+            cause.status_code,
+            f"the server is overloaded, retry later ({cause.message})",
+            code="overloaded",
+            retry_after_s=cause.retry_after_s or RETRY_AFTER_S,
+        )
+    if isinstance(cause, (DeploymentUnavailableError, RayActorError)):
+        message = f"the model is unavailable, retry later ({type(cause).__name__})"
+        return ApiError(503, message, code="unavailable", retry_after_s=RETRY_AFTER_S)
+    raise exc
+
+
+def api_error_or_internal(exc: BaseException) -> ApiError:
+    """`to_api_error`, or a 500 naming the exception's type for anything else (for error
+    events inside a stream, where nothing can be re-raised to the HTTP layer)."""
+    try:
+        return to_api_error(exc)
+    except Exception:
+        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}")

@@ -1,0 +1,285 @@
+"""The HTTP front door (FastAPI through `serve.ingress`): OpenAI and TGI routes, health,
+and Prometheus metrics, in front of one `LLMServer` deployment per model.
+
+    POST /v1/completions  /v1/chat/completions    GET /v1/models          (OpenAI)
+    POST /generate  /generate_stream  /           GET /info               (TGI)
+    GET  /health  /metrics
+
+Bodies are parsed here rather than by FastAPI so every error comes in its API's shape
+(OpenAI: {"error": {...}}, TGI: {"error", "error_type"}) with a 4xx for bad input:
+malformed JSON, unknown or bad fields, an unknown model (404 listing the served ones),
+empty or too-long prompts. Overload is a 429/503 with Retry-After; a dead engine a 503.
+The ingress loads no model and no tokenizer: replicas apply chat templates and count tokens.
+"""
+
+# NOTE: no `from __future__ import annotations` here: FastAPI must see the route methods'
+# real annotations (a string "Request" would make `request` a required query parameter).
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import ray
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from deployments import openai_api, tgi_api
+from deployments.generation import GenerationChunk
+from deployments.handles import ModelTable, OnSampleDone, to_api_error
+from deployments.metrics import CONTENT_TYPE, ServeMetrics
+from deployments.protocol import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    GenerateRequest,
+    ModelCard,
+    ModelList,
+    api_error_from_validation,
+    openai_error_body,
+    tgi_error_body,
+)
+
+logger = logging.getLogger(__name__)
+
+STATS_TIMEOUT_S = 5.0
+_REPLICA_PREFIX = "SERVE_REPLICA::"  # Serve's replica actor names: PREFIX<app>#<deployment>#<id>
+
+app = FastAPI(title="gaudi-serve", description="OpenAI- and TGI-compatible LLM serving")
+
+# Handler of one API route: (models, resolved model name, parsed request, per-sample hook).
+RouteHandler = Callable[[ModelTable, str, Any, OnSampleDone], Awaitable[Response]]
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _as_api_error(exc: Exception) -> ApiError:
+    try:
+        return to_api_error(exc)
+    except Exception:
+        logger.exception("request failed")
+        return ApiError(500, f"internal error: {type(exc).__name__}")
+
+
+def _error_response(error: ApiError, is_tgi: bool) -> Response:
+    body = tgi_error_body(error) if is_tgi else openai_error_body(error)
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
+
+
+def _replica_actors(app_name: str, models: set[str]) -> list[tuple[str, str, Any]]:
+    """(model, replica id, actor handle) of every live replica of `models` in `app_name`.
+    Blocking GCS calls: run it in a thread."""
+    found = []
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        model, replica = _parse_replica_name(entry["name"], app_name)
+        if model in models:
+            with contextlib.suppress(ValueError):  # the replica went away meanwhile
+                actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
+                found.append((model, replica, actor))
+    return found
+
+
+def _parse_replica_name(name: str, app_name: str) -> tuple[str | None, str | None]:
+    """(deployment, replica id) of a Serve replica actor name in `app_name`."""
+    prefix = f"{_REPLICA_PREFIX}{app_name}#"
+    if not name.startswith(prefix):
+        return None, None
+    deployment, _, replica = name[len(prefix) :].rpartition("#")
+    return deployment, replica
+
+
+# NOTE: the class comes last: `serve.ingress` pickles the routes when the class is
+# decorated, and they keep only the module globals defined by then.
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+@serve.ingress(app)
+class Ingress:
+    """Routes each request to its model's deployment. `servers` maps model names to their
+    LLMServer handles; `default_model` serves TGI requests (default: the first)."""
+
+    def __init__(
+        self,
+        servers: dict[str, DeploymentHandle],
+        default_model: str | None = None,
+        max_ongoing_requests: dict[str, int] | None = None,
+    ):
+        # Import the engine's SamplingParams (and so torch) now, while the replica starts,
+        # rather than on the first request. No model or tokenizer is loaded here.
+        import engine.sampling_params  # noqa: F401
+
+        self.models = ModelTable(servers, default_model)
+        self.metrics = ServeMetrics()
+        self._max_ongoing = max_ongoing_requests or {}
+        self._num_in_flight = 0
+
+    # -- OpenAI -------------------------------------------------------------------------
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._serve(
+            request, "/v1/completions", CompletionRequest, openai_api.completions
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(
+            request, "/v1/chat/completions", ChatCompletionRequest, openai_api.chat_completions
+        )
+
+    @app.get("/v1/models")
+    async def list_models(self) -> Response:
+        try:
+            infos = await asyncio.gather(*(self.models.info(m) for m in self.models.names))
+        except ApiError as error:
+            return _error_response(error, is_tgi=False)
+        cards = [ModelCard(id=i.name, max_model_len=i.max_model_len) for i in infos]
+        return Response(ModelList(data=cards).to_json(), media_type="application/json")
+
+    # -- TGI ----------------------------------------------------------------------------
+    @app.post("/generate")
+    async def tgi_generate(self, request: Request) -> Response:
+        return await self._serve(request, "/generate", GenerateRequest, tgi_api.generate)
+
+    @app.post("/generate_stream")
+    async def tgi_generate_stream(self, request: Request) -> Response:
+        return await self._serve(
+            request, "/generate_stream", GenerateRequest, tgi_api.generate_stream
+        )
+
+    @app.post("/")
+    async def tgi_compat(self, request: Request) -> Response:
+        """TGI's `/`: the `stream` field picks /generate_stream or a one-element list."""
+
+        async def handler(models, model, req: GenerateRequest, on_done) -> Response:
+            if req.stream:
+                return await tgi_api.generate_stream(models, model, req, on_done)
+            return await tgi_api.generate(models, model, req, on_done, as_list=True)
+
+        return await self._serve(request, "/", GenerateRequest, handler)
+
+    @app.get("/info")
+    async def tgi_info(self, model: str | None = None) -> Response:
+        try:
+            name = self.models.resolve(model or self.models.default_model)
+            info = await self.models.info(name)
+        except ApiError as error:
+            return _error_response(error, is_tgi=True)
+        body = tgi_api.info(info, self._max_ongoing.get(name, info.max_num_seqs))
+        return Response(body.to_json(), media_type="application/json")
+
+    # -- operations ---------------------------------------------------------------------
+    @app.get("/health")
+    async def health(self) -> Response:
+        """200 when every model has a replica whose engine is healthy, else 503. Asks the
+        replicas directly, so a full request queue does not read as ill health."""
+        stats = await self._engine_stats()
+        status = {
+            model: any(v.get("is_healthy") == 1.0 for (m, _), v in stats.items() if m == model)
+            for model in self.models.names
+        }
+        code = 200 if all(status.values()) else 503
+        return JSONResponse({"healthy": code == 200, "models": status}, status_code=code)
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        stats = await self._engine_stats()
+        return Response(self.metrics.render(stats), media_type=CONTENT_TYPE)
+
+    async def _engine_stats(self) -> dict[tuple[str, str], dict[str, float]]:
+        """Every live replica's engine stats, asked of each replica actor directly (a
+        handle call reaches only one replica of a deployment)."""
+        app_name = serve.get_replica_context().app_name
+        replicas = await asyncio.to_thread(_replica_actors, app_name, set(self.models.names))
+
+        async def ask(actor) -> dict[str, Any]:
+            return await asyncio.wait_for(actor.record_routing_stats.remote(), STATS_TIMEOUT_S)
+
+        results = await asyncio.gather(
+            *(ask(actor) for _, _, actor in replicas), return_exceptions=True
+        )
+        stats = {}
+        for (model, replica, _), result in zip(replicas, results, strict=True):
+            if isinstance(result, dict):
+                numbers = {k: v for k, v in result.items() if isinstance(v, (int, float))}
+                stats[(model, replica)] = numbers
+        return stats
+
+    def num_in_flight(self) -> int:
+        """Generation requests being served (for draining on shutdown)."""
+        return self._num_in_flight
+
+    def model_names(self) -> list[str]:
+        return self.models.names
+
+    # -- the request path ---------------------------------------------------------------
+    async def _serve(
+        self,
+        request: Request,
+        route: str,
+        schema: type[BaseModel],
+        handler: RouteHandler,
+    ) -> Response:
+        """Parse, route to the model, run `handler`, and account for the request."""
+        is_tgi = schema is GenerateRequest
+        model = None
+        try:
+            parsed = schema.model_validate(await _json_body(request))
+            wanted = request.query_params.get("model") if is_tgi else parsed.model
+            if is_tgi and wanted is None:
+                wanted = self.models.default_model
+            model = self.models.resolve(wanted)
+            self._on_start(model)
+            response = await handler(self.models, model, parsed, self._on_sample_done(model))
+        except ValidationError as exc:
+            response = _error_response(api_error_from_validation(exc, schema), is_tgi)
+        except ApiError as error:
+            response = _error_response(error, is_tgi)
+        except Exception as exc:
+            response = _error_response(_as_api_error(exc), is_tgi)
+        if model is None:
+            return response
+        if isinstance(response, StreamingResponse):
+            response.body_iterator = self._finish_after(response.body_iterator, model, route)
+        else:
+            self._on_end(model, route, response.status_code)
+        return response
+
+    def _on_start(self, model: str) -> None:
+        self._num_in_flight += 1
+        self.metrics.on_request_start(model)
+
+    def _on_end(self, model: str, route: str, status: int) -> None:
+        self._num_in_flight -= 1
+        self.metrics.on_request_end(model, route, status)
+
+    async def _finish_after(
+        self, body: AsyncIterator[str], model: str, route: str
+    ) -> AsyncIterator[str]:
+        try:
+            async for part in body:
+                yield part
+        finally:
+            self._on_end(model, route, 200)
+
+    def _on_sample_done(self, model: str) -> OnSampleDone:
+        def on_done(ttft_s: float, decode_s: float, last: GenerationChunk) -> None:
+            self.metrics.on_sample_done(
+                model,
+                ttft_s=ttft_s,
+                decode_s=decode_s,
+                num_prompt_tokens=last.num_prompt_tokens,
+                num_generated_tokens=last.num_generated_tokens,
+            )
+
+        return on_done

@@ -1,0 +1,141 @@
+"""Prometheus metrics of the HTTP front door, labelled by model.
+
+The ingress observes requests, time to first token (TTFT), time per output token (TPOT)
+and token counts as they pass through it. Engine state (queue, running, KV usage, bucket
+misses, padding, throughput) lives in the replicas: at scrape time the ingress asks each
+replica for its stats and `render` turns them into gauges and counters labelled by model
+and replica.
+
+Engine stats are read generically, so fields the engine adds later appear without code
+here: a field in ENGINE_GAUGES, or named `*_ratio`, `*_usage` or `*_s`, is a gauge;
+any other field is a cumulative counter (`gaudi_serve_engine_<field>_total`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PREFIX = "gaudi_serve"
+ENGINE_GAUGES = frozenset(
+    {
+        "num_waiting",
+        "num_running",
+        "num_free_blocks",
+        "num_total_blocks",
+        "num_warmed_shapes",
+        "is_healthy",
+    }
+)
+_GAUGE_SUFFIXES = ("_ratio", "_usage", "_s")  # _s: durations and rates (_per_s)
+_TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_TPOT_BUCKETS_S = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+
+# (model, replica id) -> that replica's engine stats
+EngineStatsByReplica = Mapping[tuple[str, str], Mapping[str, float]]
+
+
+class ServeMetrics:
+    """The ingress's own metrics, in a registry of their own (not the process default, so
+    two ingress instances in one process never collide)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests",
+            "Finished HTTP generation requests by model, API route and HTTP status.",
+            ["model", "route", "status"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}_requests_in_flight",
+            "Generation requests being served.",
+            ["model"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            f"{PREFIX}_time_to_first_token_seconds",
+            "Time from the request's arrival to its first generated token.",
+            ["model"],
+            buckets=_TTFT_BUCKETS_S,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            f"{PREFIX}_time_per_output_token_seconds",
+            "Mean time between generated tokens after the first, per request.",
+            ["model"],
+            buckets=_TPOT_BUCKETS_S,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            f"{PREFIX}_prompt_tokens",
+            "Prompt tokens of finished requests.",
+            ["model"],
+            registry=r,
+        )
+        self.generation_tokens = Counter(
+            f"{PREFIX}_generation_tokens", "Generated tokens.", ["model"], registry=r
+        )
+
+    def on_request_start(self, model: str) -> None:
+        self.in_flight.labels(model).inc()
+
+    def on_request_end(self, model: str, route: str, status: int) -> None:
+        self.in_flight.labels(model).dec()
+        self.requests.labels(model, route, str(status)).inc()
+
+    def on_sample_done(
+        self,
+        model: str,
+        *,
+        ttft_s: float,
+        decode_s: float,
+        num_prompt_tokens: int,
+        num_generated_tokens: int,
+    ) -> None:
+        """One engine request finished: `decode_s` spans its first to its last token."""
+        self.ttft.labels(model).observe(ttft_s)
+        if num_generated_tokens > 1:
+            self.tpot.labels(model).observe(decode_s / (num_generated_tokens - 1))
+        self.prompt_tokens.labels(model).inc(num_prompt_tokens)
+        self.generation_tokens.labels(model).inc(num_generated_tokens)
+
+    def render(self, engine_stats: EngineStatsByReplica) -> bytes:
+        """The Prometheus text exposition: these metrics, then the replicas' engine stats."""
+        engine = CollectorRegistry()
+        engine.register(_EngineStatsCollector(engine_stats))
+        return generate_latest(self.registry) + generate_latest(engine)
+
+
+def is_engine_gauge(field: str) -> bool:
+    return field in ENGINE_GAUGES or field.endswith(_GAUGE_SUFFIXES)
+
+
+def engine_metric_name(field: str) -> str:
+    """`kv_usage` -> `gaudi_serve_engine_kv_usage`; counters get `_total` on exposition."""
+    return f"{PREFIX}_engine_{re.sub(r'[^a-zA-Z0-9_]', '_', field)}"
+
+
+class _EngineStatsCollector:
+    """A one-shot collector over a snapshot of every replica's engine stats."""
+
+    def __init__(self, stats: EngineStatsByReplica):
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        fields = sorted({field for values in self.stats.values() for field in values})
+        for field in fields:
+            name, doc = engine_metric_name(field), f"Engine stat {field!r} of each replica."
+            if is_engine_gauge(field):
+                family = GaugeMetricFamily(name, doc, labels=["model", "replica"])
+            else:
+                family = CounterMetricFamily(name, doc, labels=["model", "replica"])
+            for (model, replica), values in sorted(self.stats.items()):
+                if field in values:
+                    family.add_metric([model, replica], float(values[field]))
+            yield family

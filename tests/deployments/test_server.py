@@ -1,0 +1,208 @@
+"""LLMServer: streaming generation through deployment handles, the Python client, Serve's
+stats hooks, and health checks that fail for a wedged engine (Serve then replaces the
+replica). One Serve app per module: "tiny", plus "wedge" with fast health checks."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+from ray import serve
+
+from deployments.client import LLMClient
+from deployments.config import parse_config
+from deployments.engine_config import engine_config_for
+from deployments.generation import EngineUnavailableError, GenerationChunk, InvalidRequestError
+from deployments.server import LLMServer
+from engine import SamplingParams
+from tests.conftest import assert_engine_idle
+from tests.deployments.serve_fixtures import model_entry, offline_llm, running_app
+
+APP = "gaudi-serve"
+PROMPT = "def scheduler(requests):"
+GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir):
+    models = [
+        model_entry("tiny", tiny_model_dir("llama")),
+        model_entry(
+            "wedge", tiny_model_dir("llama"), health_check_period_s=1, health_check_timeout_s=4
+        ),
+    ]
+    with running_app(models):
+        yield
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_model_dir):
+    llm = offline_llm(tiny_model_dir("llama"))
+    yield llm
+    llm.shutdown()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def collect(handle, *args, **kwargs) -> list[GenerationChunk]:
+    return [c async for c in handle.options(stream=True).generate.remote(*args, **kwargs)]
+
+
+def test_handle_streams_chunks_equal_to_offline(app, offline):
+    handle = serve.get_deployment_handle("tiny", APP)
+    chunks = run(collect(handle, PROMPT, GREEDY))
+    assert "".join(c.text for c in chunks) == offline.generate([PROMPT], GREEDY)[0].text
+    assert [c.is_finished for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert chunks[-1].finish_reason == "length" and chunks[-1].num_generated_tokens == 10
+    assert sum(len(c.tokens) for c in chunks) == 10
+    token_ids = [t.id for c in chunks for t in c.tokens]
+    assert token_ids == offline.generate([PROMPT], GREEDY)[0].token_ids
+
+
+def test_handle_logprobs_tokenize_and_model_info(app, offline):
+    handle = serve.get_deployment_handle("tiny", APP)
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, logprobs=3)
+    chunks = run(collect(handle, PROMPT, params))
+    tokens = [t for c in chunks for t in c.tokens]
+    assert all(t.logprob <= 0 and len(t.top) == 3 for t in tokens)
+    assert all(t.logprob == pytest.approx(max(x.logprob for x in t.top)) for t in tokens)
+
+    assert handle.tokenize.remote(PROMPT).result() == offline.tokenizer.encode(PROMPT)
+    info = handle.model_info.remote().result()
+    assert (info.name, info.device, info.max_model_len, info.dtype) == (
+        "tiny",
+        "cpu",
+        128,
+        "float32",
+    )
+    assert not info.has_chat_template
+
+
+def test_bad_input_raises_invalid_request_error(app):
+    handle = serve.get_deployment_handle("tiny", APP)
+    with pytest.raises(InvalidRequestError) as info:
+        run(collect(handle, "x " * 400, GREEDY))
+    assert info.value.param == "prompt" and "at most 127" in info.value.message
+    with pytest.raises(InvalidRequestError) as info:
+        run(collect(handle, None, GREEDY, messages=[{"role": "user", "content": "hi"}]))
+    assert info.value.param == "messages"
+
+
+def test_stats_hooks_follow_serves_contract(app):
+    handle = serve.get_deployment_handle("tiny", APP)
+    run(collect(handle, PROMPT, GREEDY))
+    autoscaling = handle.record_autoscaling_stats.remote().result()
+    # Serve accepts only dict[str, int | float] from record_autoscaling_stats.
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in autoscaling.values())
+    for field in ("num_waiting", "num_running", "kv_usage", "num_bucket_misses"):
+        assert field in autoscaling
+    assert autoscaling["num_running"] == 0 and autoscaling["num_generated_tokens"] >= 10
+    routing = handle.record_routing_stats.remote().result()
+    assert routing["model"] == "tiny" and routing["replica_id"]
+    assert routing["generation_tokens_per_s"] >= 0
+
+
+def test_client_complete_stream_and_early_exit(app, offline):
+    expected = offline.generate([PROMPT], GREEDY)[0].text
+
+    async def main():
+        client = LLMClient(APP, model="tiny")
+        assert await client.models() == ["tiny", "wedge"]
+        text = await client.complete(PROMPT, max_tokens=10, temperature=0, ignore_eos=True)
+        pieces = [
+            p async for p in client.stream(PROMPT, max_tokens=10, temperature=0, ignore_eos=True)
+        ]
+        async for _ in client.chunks(PROMPT, max_tokens=100, ignore_eos=True):
+            break  # leaving early cancels the request
+        return text, "".join(pieces)
+
+    assert run(main()) == (expected, expected)
+    handle = serve.get_deployment_handle("tiny", APP)
+
+    def is_idle():
+        stats = handle.stats.remote().result()
+        return stats["num_running"] == 0 and stats["num_free_blocks"] == stats["num_total_blocks"]
+
+    from tests.deployments.serve_fixtures import wait_until
+
+    wait_until(is_idle, timeout_s=30)
+
+
+def test_wedged_replica_fails_health_checks_and_is_replaced(app):
+    handle = serve.get_deployment_handle("wedge", APP)
+    wedged = handle.replica_id.remote().result()
+    handle.wedge_engine_for_test.remote().result()
+
+    from tests.deployments.serve_fixtures import wait_until
+
+    def replaced():
+        try:
+            return handle.replica_id.remote().result(timeout_s=5) != wedged
+        except Exception:
+            return False
+
+    wait_until(replaced, timeout_s=90, interval_s=1)
+    chunks = run(collect(handle, PROMPT, GREEDY))
+    assert chunks[-1].num_generated_tokens == 10
+
+
+def test_check_health_fails_for_a_wedged_engine(tiny_model_dir):
+    """The check itself, on an LLMServer built without Serve (the class is plain Python)."""
+    config = parse_config(
+        {"models": [model_entry("t", tiny_model_dir("llama"), health_check_timeout_s=2)]}
+    )
+    server = LLMServer.func_or_class(config.models[0], "cpu")
+    try:
+        run(server.check_health())  # healthy: the probe generates one token
+        server.wedge_engine_for_test()
+        with pytest.raises(EngineUnavailableError, match="no engine step"):
+            run(server.check_health())
+    finally:
+        server.__del__()
+    assert_engine_idle(server.engine.engine)
+
+
+def test_engine_config_for_maps_buckets_and_speculation(tiny_model_dir):
+    entry = model_entry("t", tiny_model_dir("llama"))
+    entry["engine"]["buckets"] = {
+        "decode_batch_sizes": [1, 3, 4],
+        "strategy": "linear",
+        "prefill_lengths": {"min": 16, "max": 128, "step": 16},
+    }
+    entry["engine"]["strict_shapes"] = True
+    entry["speculative"] = {"method": "ngram", "num_speculative_tokens": 3}
+    config = engine_config_for(parse_config({"models": [entry]}).models[0], "cpu")
+    assert config.strict_shapes and config.max_model_len == 128
+    assert config.buckets.decode_batch_sizes == (1, 3, 4)
+    assert config.buckets.strategy == "linear"
+    assert (config.speculative.method, config.speculative.num_speculative_tokens) == ("ngram", 3)
+    plain = engine_config_for(
+        parse_config({"models": [model_entry("t", entry["path"])]}).models[0], "cpu"
+    )
+    assert plain.buckets is None and plain.kv_cache_tokens == 2048
+
+
+def test_stream_interval_sends_fewer_bigger_chunks(tiny_model_dir, monkeypatch):
+    """With GAUDI_SERVE_STREAM_INTERVAL_MS, held-back outputs ride on the next chunk: same
+    text and tokens, fewer chunks; the first and the last chunk are never held."""
+    monkeypatch.setenv("GAUDI_SERVE_STREAM_INTERVAL_MS", "60000")
+    config = parse_config({"models": [model_entry("t", tiny_model_dir("llama"))]})
+    server = LLMServer.func_or_class(config.models[0], "cpu")
+    try:
+
+        async def main():
+            return [c async for c in server.generate(PROMPT, GREEDY)]
+
+        chunks = run(main())
+    finally:
+        server.__del__()
+    assert len(chunks) == 2 and chunks[-1].is_finished
+    assert [len(c.tokens) for c in chunks] == [1, 9]
+    llm = offline_llm(tiny_model_dir("llama"))
+    expected = llm.generate([PROMPT], GREEDY)[0]
+    llm.shutdown()
+    assert "".join(c.text for c in chunks) == expected.text
+    assert [t.id for c in chunks for t in c.tokens] == expected.token_ids
