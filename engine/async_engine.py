@@ -49,7 +49,8 @@ class AsyncEngine:
 
     @property
     def is_healthy(self) -> bool:
-        return self._dead is None
+        """False once the step loop failed or a rank of the executor died (even idle)."""
+        return self._dead is None and self.engine.executor.is_healthy
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
@@ -136,9 +137,11 @@ class AsyncEngine:
             self.engine.abort_request(request_id)
 
     async def check_health(self) -> None:
-        """Raise EngineDeadError if the step loop has failed."""
+        """Raise EngineDeadError if the step loop has failed or a rank died."""
         if self._dead is not None:
             raise EngineDeadError(f"engine is dead: {self._dead!r}")
+        if not self.engine.executor.is_healthy:
+            raise EngineDeadError("the executor reports a dead rank")
 
     def shutdown(self) -> None:
         if self._loop_task is not None:

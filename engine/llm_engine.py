@@ -80,13 +80,18 @@ class Engine:
         check_covers(self.shaper, config.max_model_len)
         self.executor = executor or create_executor(config, self.model_path)
         self.spec: SpecDecoder | None = None
-        if config.speculative is not None:
-            self.spec = SpecDecoder.create(
-                config, self.shaper, self.executor, self.model_path, self.tokenizer
-            )
         self.warmed: set[StepShape] = set()
         self.warmup_s = 0.0
-        num_blocks = self._warm_up_and_size_kv_cache()
+        try:
+            if config.speculative is not None:
+                self.spec = SpecDecoder.create(
+                    config, self.shaper, self.executor, self.model_path, self.tokenizer
+                )
+            num_blocks = self._warm_up_and_size_kv_cache()
+        except BaseException:
+            # NOTE: a TP executor holds rank actors and /dev/shm buffers: release them now.
+            self.executor.shutdown()
+            raise
         self.block_manager = BlockManager(
             num_blocks, config.block_size, config.enable_prefix_caching
         )
