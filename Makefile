@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	echo "torch==$(TORCH_VERSION)" > $(CONSTRAINT)
 	PIP_CONSTRAINT=$(CONSTRAINT) $(PY) -m pip install -q -e '.[test]'
 	PIP_CONSTRAINT=$(CONSTRAINT) $(PY) -m pip install -q --no-deps text-generation==0.7.0
+	# DeepSpeed's CPU all-reduce compiles once here, not inside the first TP test.
+	$(PY) -c "from sharding.dist import prebuild_cpu_ops; prebuild_cpu_ops()"
 	touch $(STAMP)
 
 serve: install
