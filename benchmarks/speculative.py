@@ -15,12 +15,13 @@ at once, continuous batching):
   * hf-assisted  transformers generate(assistant_model=pycoder-draft) (batch 1 only:
                  transformers' assisted generation takes a single sequence)
   * hf-generate  transformers generate without a draft (batch 1, for context)
-Each system runs `--repeats` times, interleaved with the others; the best time counts. On a
-shared machine wall time mostly measures the neighbours, so throughput is reported per
-second of this process's CPU time (with one torch thread, what wall time would be on an idle
-core) and per wall second. Every gaudi-serve system's outputs must equal `none`'s token for token;
-transformers' are compared and reported. It also prints the step costs behind the adaptive
-rule (engine.spec.adaptive): target and draft forward times by tokens per step.
+Each system runs `--repeats` rounds, interleaved with the others; speedups are medians of
+per-round ratios to the same round's baseline (load drifts between rounds), throughputs
+are medians. On a shared machine wall time mostly measures the neighbours, so throughput
+is per second of this process's CPU time (with one torch thread, what wall time would be
+on an idle core), and per wall second alongside. Every gaudi-serve system's outputs must
+equal `none`'s token for token; transformers' are compared and reported. It also prints
+the step costs behind the adaptive rule (engine.spec.adaptive): forward times by tokens.
 """
 
 from __future__ import annotations
@@ -183,15 +184,21 @@ def measure(args, batch: int, prompts, hf_pair) -> dict:
     baseline = runs["none"][0][1]
     results = {}
     for name, attempts in runs.items():
-        timer, outs, before, after = min(attempts, key=lambda a: a[0].cpu_s)
+        timer, outs, before, after = attempts[-1]
         tokens = sum(map(len, outs))
+        # Paired with the baseline of the same round: load drifts between rounds.
+        speedups = [b[0].cpu_s / a[0].cpu_s for a, b in zip(attempts, runs["none"], strict=True)]
         row = {
-            "cpu_s": timer.cpu_s,
-            "wall_s": min(a[0].wall_s for a in attempts),
+            "cpu_s": statistics.median(a[0].cpu_s for a in attempts),
             "tokens": tokens,
-            "tokens_per_s": tokens / timer.cpu_s,
-            "tokens_per_wall_s": tokens / min(a[0].wall_s for a in attempts),
-            "num_identical": sum(a == b for a, b in zip(outs, baseline, strict=True)),
+            "tokens_per_s": tokens / statistics.median(a[0].cpu_s for a in attempts),
+            "tokens_per_wall_s": tokens / statistics.median(a[0].wall_s for a in attempts),
+            "speedup": statistics.median(speedups),
+            "speedup_range": (min(speedups), max(speedups)),
+            "num_identical": min(
+                sum(a == b for a, b in zip(attempt[1], baseline, strict=True))
+                for attempt in attempts
+            ),
             "num_prompts": len(outs),
         }
         if after is not None and name != "none":
@@ -219,10 +226,9 @@ def measure(args, batch: int, prompts, hf_pair) -> dict:
 
 
 def print_table(batch: int, results: dict) -> None:
-    base = results["none"]["tokens_per_s"]
     print(f"\n### batch {batch}\n")
     print(
-        "| system | tokens/CPU-s | vs none | tokens/wall-s | acceptance | "
+        "| system | tokens/CPU-s | vs none (min-max) | tokens/wall-s | acceptance | "
         "verify steps / steps | identical |"
     )
     print("|---|---|---|---|---|---|---|")
@@ -232,7 +238,8 @@ def print_table(batch: int, results: dict) -> None:
         acc = f"{r['acceptance_rate']:.2f}" if "acceptance_rate" in r else "-"
         steps = f"{r['verify_steps']} / {r['steps']}" if "steps" in r else "-"
         print(
-            f"| {name} | {r['tokens_per_s']:.0f} | {r['tokens_per_s'] / base:.2f}x | "
+            f"| {name} | {r['tokens_per_s']:.0f} | {r['speedup']:.2f}x "
+            f"({r['speedup_range'][0]:.2f}-{r['speedup_range'][1]:.2f}) | "
             f"{r['tokens_per_wall_s']:.0f} | {acc} | {steps} | "
             f"{r['num_identical']}/{r['num_prompts']} |"
         )

@@ -51,13 +51,14 @@ shared, so the figures are good to ~15%), in units of the target's 1-token step 
     draft           0.22  0.27    -     -   0.96  1.37    -
 
 On a CPU the first extra token is the dear one (a matrix-vector product becomes a
-matrix-matrix one: +25%), and 16 rows cost 3.4x one row (each row's attention reads its
-own 320-token context). So at batch 1, k = 2 costs 1.30 + 0.27 + 0.22 = 1.8 plain steps
-and k = 4 costs 1.40 + 0.27 + 3 x 0.22 = 2.3: speculation pays from a ~ 0.6 on, and
-a = 0.75 predicts 1.3x. At batch 16 even k = 1 costs 1.6 plain steps (4.2 + 1.37 vs 3.4)
-and needs a > 0.72; larger k need a > 0.85. The draft is far costlier than its 1/6 of the
-target's parameters suggests: tiny models on a CPU are bound by per-op overhead, not by
-weight reads.
+matrix-matrix one: +25-45%), and 16 rows cost 2-3.4x one row (runs differ; each row's
+attention reads its own 320-token context). So at batch 1, k = 2 costs
+1.30 + 0.27 + 0.22 = 1.8 plain steps and k = 4 costs 1.40 + 0.27 + 3 x 0.22 = 2.3:
+speculation pays from a ~ 0.6 on, and a = 0.75 predicts 1.3x. At batch 16 even k = 1
+costs 1.6 plain steps (4.2 + 1.37 vs 3.4) and needs a > 0.72; larger k need a > 0.85.
+The draft is far costlier than its 1/6 of the target's parameters suggests: tiny models
+on a CPU are bound by per-op overhead, not by weight reads. (benchmarks/RESULTS_spec.md
+has the end-to-end figures.)
 """
 
 from __future__ import annotations

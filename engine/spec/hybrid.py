@@ -3,9 +3,11 @@
 Prompt lookup proposes for free and is often right in repetitive text (code, and the loops
 small models fall into); the draft model costs k forwards but proposes everywhere. Each
 row takes the n-gram proposal when it fills the row's whole budget, else the draft's, so a
-batch pays for draft forwards only when some row needs them. A row's n-gram proposal is a
-point mass: where the batch samples, its q rows are one-hot, which makes the rejection rule
-exactly the n-gram one (accept with p(d), residual p without d).
+batch pays for draft forwards only when some row needs them; with adaptive speculation
+the rule also weighs n-gram proposals alone (engine.spec.adaptive.choose_hybrid).
+A row's n-gram proposal is a point mass: where the batch samples, its q rows are one-hot,
+which makes the rejection rule exactly the n-gram one (accept with p(d), residual p
+without d).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ class HybridProposer:
     def propose(
         self, seqs: list[Sequence], budgets: list[int], use_draft: bool = True
     ) -> Proposals:
-        """use_draft=False: n-gram proposals only (rows without a full one propose none)."""
+        """Per row the n-gram proposal if it fills the budget, else the draft's; with
+        use_draft=False (the adaptive rule found the draft not worth its cost) whatever
+        the n-gram lookup finds, and no draft forward."""
         looked_up = self.ngram.propose(seqs, budgets).token_ids
         is_lookup = [len(p) == n > 0 for p, n in zip(looked_up, budgets, strict=True)]
         draft_budgets = [
