@@ -57,8 +57,8 @@ attention reads its own 320-token context). So at batch 1, k = 2 costs
 speculation pays from a ~ 0.6 on, and a = 0.75 predicts 1.3x. At batch 16 even k = 1
 costs 1.6 plain steps (4.2 + 1.37 vs 3.4) and needs a > 0.72; larger k need a > 0.85.
 The draft is far costlier than its 1/6 of the target's parameters suggests: tiny models
-on a CPU are bound by per-op overhead, not by weight reads. (benchmarks/RESULTS_spec.md
-has the end-to-end figures.)
+on a CPU are bound by per-op overhead, not by weight reads. (The speculative section of
+benchmarks/RESULTS.md has the end-to-end figures.)
 """
 
 from __future__ import annotations
