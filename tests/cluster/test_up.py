@@ -20,7 +20,7 @@ import yaml
 from cluster.commands import up
 from tests.deployments.serve_fixtures import assert_all_exited, free_port, model_entry
 
-READY_TIMEOUT_S = 180
+READY_TIMEOUT_S = 300  # a hang guard, not a speed check: first starts are slow on 2 cores
 
 
 def parse(*argv: str) -> argparse.Namespace:
