@@ -2,6 +2,8 @@
 GAUDI_SERVE_, each read (and checked loudly) by its accessor when needed, never at import.
 
     GAUDI_SERVE_CONFIG            serving config file for `serve run deployments.app:app`
+    GAUDI_SERVE_DEVICE            what `device: auto` means for `deployments.app:app`
+                                  (auto, cpu, cuda or hpu; default auto: probe the cluster)
     GAUDI_SERVE_DRAIN_TIMEOUT_S   default seconds `gaudi-serve up` waits for in-flight
                                   requests on Ctrl-C / SIGTERM (default 30)
     GAUDI_SERVE_STREAM_INTERVAL_MS  least time between two chunks of one streamed answer
@@ -26,6 +28,17 @@ def serve_config_path() -> Path | None:
     if not path.is_file():
         raise ValueError(f"GAUDI_SERVE_CONFIG={value!r}: no such file (expected a YAML config)")
     return path
+
+
+DEVICES = ("auto", "cpu", "cuda", "hpu")
+
+
+def serve_device() -> str | None:
+    """GAUDI_SERVE_DEVICE: one of DEVICES; None when unset or auto (probe the cluster)."""
+    value = os.environ.get("GAUDI_SERVE_DEVICE", "").strip().lower()
+    if value not in ("", *DEVICES):
+        raise ValueError(f"GAUDI_SERVE_DEVICE must be one of {list(DEVICES)}, got {value!r}")
+    return None if value in ("", "auto") else value
 
 
 def drain_timeout_s() -> float:

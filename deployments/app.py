@@ -4,7 +4,8 @@
     serve.run(build_app(load_config("serve.yaml")), name="gaudi-serve", route_prefix="/")
 
 or from the command line, with the config file named by GAUDI_SERVE_CONFIG (default: the
-bundled model with every option at its default):
+bundled model with every option at its default) and what `device: auto` means named by
+GAUDI_SERVE_DEVICE (default: probe the cluster):
 
     GAUDI_SERVE_CONFIG=serve.yaml serve run deployments.app:app
 
@@ -83,7 +84,9 @@ def _max_ongoing_requests(model) -> int:
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        built = build_app(config_from_env())
+        from cluster.env import serve_device
+
+        built = build_app(config_from_env(), device=serve_device())
         globals()["app"] = built
         return built
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,6 +28,15 @@ from deployments.generation import (
 from deployments.protocol import ApiError
 
 RETRY_AFTER_S = 1.0
+# Generation streams go over Serve's inter-deployment gRPC channel (every replica runs one)
+# with plain pickle, not as Ray object refs with cloudpickle: one Ray object per streamed
+# chunk was the costliest part of serving a token (benchmarks/RESULTS.md, "Serving load").
+STREAM_OPTIONS = {
+    "stream": True,
+    "_by_reference": False,
+    "request_serialization": "pickle",
+    "response_serialization": "pickle",
+}
 # Called once per finished engine request: (ttft_s, decode_s, last chunk).
 OnSampleDone = Callable[[float, float, GenerationChunk], None]
 
@@ -90,7 +99,7 @@ class SampleStream:
 
     async def open(self) -> None:
         """Send the request and wait for its first chunk (raises ApiError)."""
-        self._gen = self.handle.options(stream=True).generate.remote(**self.generate_kwargs)
+        self._gen = self.handle.options(**STREAM_OPTIONS).generate.remote(**self.generate_kwargs)
         self._first = await self._next()
         self._first_s = time.monotonic()
 

@@ -50,6 +50,7 @@ from typing import Any
 
 import yaml
 
+from cluster.ray_env import SERVE_ENV
 from deployments.config import ConfigError, ModelConfig, ServeConfig
 
 __all__ = [
@@ -405,7 +406,11 @@ class _PodFactory:
         return {
             "name": name,
             "image": self.options.resolved_image,
-            "env": [{"name": k, "value": v} for k, v in (*_base_env(self.options), *env)],
+            # SERVE_ENV: Ray Serve settings every Ray process starts with (cluster.ray_env)
+            "env": [
+                {"name": k, "value": v}
+                for k, v in (*_base_env(self.options), *SERVE_ENV.items(), *env)
+            ],
             "ports": ports,
             "resources": {"requests": dict(resources), "limits": dict(resources)},
             "volumeMounts": [

@@ -5,6 +5,12 @@ registered function with the extra forward kwarg `paged` (a PagedMetadata). We w
 step's keys/values into the cache at `slot_mapping`, gather every sequence's context
 through its block table, and run SDPA with a mask built once per step.
 Every shape here is fixed by the step's bucket; there is no data-dependent op.
+
+Measured on CPU (benchmarks/RESULTS.md, "Attention gather"): the context gather is an
+`index_select` over the flattened block table, not `cache[block_tables]` (advanced indexing
+is ~7x slower for the same copy); decode steps fold GQA groups into query rows instead of
+asking SDPA to expand K/V; and the mask is turned into an additive bias once per step, not
+once per layer.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ class PagedMetadata:
     block_tables: [batch, max_blocks] block ids (padding -> block 0)
     positions: [batch, query_len] absolute position of each fed token (padding -> 0)
     mask: [batch, 1, query_len, max_blocks * block_size] bool, True = may attend
+    bias: the mask as an additive float bias (0 / -inf) in the model's dtype, or None
     """
 
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
@@ -34,6 +41,15 @@ class PagedMetadata:
     block_tables: torch.Tensor
     positions: torch.Tensor
     mask: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    @staticmethod
+    def additive_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """0 where `mask` allows, -inf where it hides. Every row keeps at least key 0
+        visible (position >= 0), so no softmax row is all -inf."""
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+            ~mask, float("-inf")
+        )
 
     @staticmethod
     def causal_mask(positions: torch.Tensor, context_len: int) -> torch.Tensor:
@@ -66,7 +82,7 @@ def paged_attention(
             f"attn_implementation={ATTN_IMPLEMENTATION!r} needs the `paged` forward kwarg; "
             "run the model through engine.ModelRunner"
         )
-    batch, num_heads, _, head_dim = query.shape
+    batch, _, _, head_dim = query.shape
     num_kv_heads = key.shape[1]
     k_cache, v_cache = paged.kv_caches[module.layer_idx]
     k_flat = k_cache.view(-1, num_kv_heads, head_dim)
@@ -78,24 +94,50 @@ def paged_attention(
     v_flat.index_copy_(
         0, paged.slot_mapping, value.transpose(1, 2).reshape(-1, num_kv_heads, head_dim)
     )
-    # context: [batch, kv_heads, max_blocks * block_size, head_dim]
-    k_ctx = k_cache[paged.block_tables].view(batch, -1, num_kv_heads, head_dim).transpose(1, 2)
-    v_ctx = v_cache[paged.block_tables].view(batch, -1, num_kv_heads, head_dim).transpose(1, 2)
+    # context: [batch, kv_heads, max_blocks * block_size, head_dim] (a strided view)
+    blocks = paged.block_tables.reshape(-1)
+    k_ctx = k_cache.index_select(0, blocks).view(batch, -1, num_kv_heads, head_dim).transpose(1, 2)
+    v_ctx = v_cache.index_select(0, blocks).view(batch, -1, num_kv_heads, head_dim).transpose(1, 2)
     mask = paged.mask
     if sliding_window is not None and sliding_window < mask.shape[-1]:
         mask = mask & paged.window_mask(sliding_window)
     if softcap is not None:
         out = _softcapped_attention(query, k_ctx, v_ctx, mask, scaling, softcap)
     else:
+        out = _sdpa(query, k_ctx, v_ctx, _as_bias(mask, paged, query.dtype), scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _as_bias(mask: torch.Tensor, paged: PagedMetadata, dtype: torch.dtype) -> torch.Tensor:
+    """The step's precomputed additive bias when `mask` is the plain step mask."""
+    if mask is paged.mask and paged.bias is not None and paged.bias.dtype == dtype:
+        return paged.bias
+    return mask
+
+
+def _sdpa(query, key, value, mask, scaling):
+    batch, num_heads, query_len, head_dim = query.shape
+    num_kv_heads = key.shape[1]
+    if query_len == 1 and num_heads != num_kv_heads:
+        # Decode: the heads sharing a K/V head become query rows of that head, so SDPA
+        # reads K/V as they are instead of expanding them per head.
+        groups = num_heads // num_kv_heads
         out = F.scaled_dot_product_attention(
-            query.contiguous(),
-            k_ctx,
-            v_ctx,
+            query.reshape(batch, num_kv_heads, groups, head_dim),
+            key,
+            value,
             attn_mask=mask,
             scale=scaling,
-            enable_gqa=num_heads != num_kv_heads,
         )
-    return out.transpose(1, 2).contiguous(), None
+        return out.view(batch, num_heads, 1, head_dim)
+    return F.scaled_dot_product_attention(
+        query.contiguous(),
+        key,
+        value,
+        attn_mask=mask,
+        scale=scaling,
+        enable_gqa=num_heads != num_kv_heads,
+    )
 
 
 def _softcapped_attention(query, key, value, mask, scaling, softcap):

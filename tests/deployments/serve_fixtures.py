@@ -66,10 +66,12 @@ def running_app(models: list[dict[str, Any]], num_cpus: int = 8) -> Iterator[str
     import ray
     from ray import serve
 
+    from cluster.ray_env import apply_serve_env
     from deployments.app import APP_NAME, build_app
     from deployments.config import parse_config
 
     config = parse_config({"models": models})
+    apply_serve_env()  # the Serve settings `gaudi-serve up` runs with
     ray.init(num_cpus=num_cpus, include_dashboard=False)
     try:
         port = free_port()

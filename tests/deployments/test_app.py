@@ -52,6 +52,31 @@ def test_module_level_app_reads_gaudi_serve_config(tiny_model_dir, tmp_path, mon
     monkeypatch.delitem(vars(app_module), "app")
 
 
+@pytest.mark.parametrize(("env", "device"), [("hpu", "hpu"), ("CUDA", "cuda"), ("auto", "cpu")])
+def test_module_level_app_reads_gaudi_serve_device(
+    env, device, tiny_model_dir, tmp_path, monkeypatch
+):
+    # The Kubernetes manifests set GAUDI_SERVE_DEVICE: the head may build the app before
+    # any accelerator pod joins, so `device: auto` must not be probed there.
+    entry = {**model_entry("m", tiny_model_dir("llama")), "device": "auto"}
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump({"models": [entry]}))
+    monkeypatch.setenv("GAUDI_SERVE_CONFIG", str(path))
+    monkeypatch.setenv("GAUDI_SERVE_DEVICE", env)
+    monkeypatch.delitem(vars(app_module), "app", raising=False)
+    servers = app_module.app._bound_deployment.init_args[0]
+    assert servers["m"]._bound_deployment.init_args[1] == device
+    monkeypatch.delitem(vars(app_module), "app")
+
+
+def test_bad_gaudi_serve_device_names_the_variable_and_the_devices(monkeypatch):
+    from cluster.env import serve_device
+
+    monkeypatch.setenv("GAUDI_SERVE_DEVICE", "tpu")
+    with pytest.raises(ValueError, match=r"GAUDI_SERVE_DEVICE must be one of \['auto', 'cpu'"):
+        serve_device()
+
+
 def test_bad_gaudi_serve_config_names_the_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("GAUDI_SERVE_CONFIG", str(tmp_path / "missing.yaml"))
     with pytest.raises(ValueError, match="GAUDI_SERVE_CONFIG"):
