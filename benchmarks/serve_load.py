@@ -71,6 +71,7 @@ class RunResult:
             "requests": len(self.requests),
             "errors": self.num_errors,
             "output_tok_s": self.num_tokens / self.wall_s,
+            "tokens_per_request": self.num_tokens / max(1, len(self.requests)),
             "ttft_p50_ms": _pct(ttfts, 50) * 1e3,
             "ttft_p99_ms": _pct(ttfts, 99) * 1e3,
             "itl_p50_ms": _pct(itls, 50) * 1e3,
@@ -308,9 +309,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-threads", type=int, default=os.cpu_count())
     p.add_argument(
         "--stream-interval-ms",
-        type=float,
-        default=0.0,
-        help="gaudi-serve's GAUDI_SERVE_STREAM_INTERVAL_MS (0: a chunk per step)",
+        default="0",
+        help="gaudi-serve's stream interval(s), comma-separated: one gaudi-serve run each "
+        "(0, the default: a chunk per engine step)",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     p.add_argument("--log-dir", type=Path, default=Path("/tmp/serve_load_logs"))
@@ -335,22 +336,19 @@ def main(argv=None) -> int:
     texts = [tokenizer.decode(p) for p in prompts]
     args.log_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for system in args.systems.split(","):
+    for system, label, extra_env in runs(args):
         reason = unavailable_reason(system)
         if reason is not None:
             print(f"{system}: skipped: {reason}", file=sys.stderr)
-            rows.append({"system": system, "skipped": reason})
+            rows.append({"system": label, "skipped": reason})
             continue
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         argv_, model_id, extra = system_command(
             system, args.model, args.name, port, args.num_threads
         )
-        print(f"{system}: starting {' '.join(argv_)}", file=sys.stderr)
-        extra_env = {}
-        if system == "gaudi-serve":
-            extra_env["GAUDI_SERVE_STREAM_INTERVAL_MS"] = str(args.stream_interval_ms)
-        log = args.log_dir / f"{system}.log"
+        print(f"{label}: starting {' '.join(argv_)}", file=sys.stderr)
+        log = args.log_dir / f"{label.replace(' ', '_')}.log"
         process = start(argv_, url, args.num_threads, log, extra_env)
         try:
             bodies = [
@@ -364,10 +362,10 @@ def main(argv=None) -> int:
                 }
                 for text in texts
             ]
-            asyncio.run(run_load(system, url, bodies[:2], 2, 1))  # warm the path up
+            asyncio.run(run_load(label, url, bodies[:2], 2, 1))  # warm the path up
             for num_clients in (int(c) for c in args.clients.split(",")):
                 result = asyncio.run(
-                    run_load(system, url, bodies, num_clients, args.requests_per_client)
+                    run_load(label, url, bodies, num_clients, args.requests_per_client)
                 )
                 rows.append(result.row())
                 print(json.dumps(rows[-1]), file=sys.stderr)
@@ -379,18 +377,33 @@ def main(argv=None) -> int:
     return 0
 
 
+def runs(args) -> list[tuple[str, str, dict[str, str]]]:
+    """(system, label, extra env) of every server to start: gaudi-serve once per stream
+    interval."""
+    out = []
+    for system in args.systems.split(","):
+        if system != "gaudi-serve":
+            out.append((system, system, {}))
+            continue
+        for interval in args.stream_interval_ms.split(","):
+            label = system if float(interval) == 0 else f"{system}, stream {interval} ms"
+            out.append((system, label, {"GAUDI_SERVE_STREAM_INTERVAL_MS": interval}))
+    return out
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| system | clients | requests | output tok/s | TTFT p50 ms | TTFT p99 ms "
-        "| ITL p50 ms | ITL p99 ms | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| system | clients | requests | tokens/request | output tok/s | TTFT p50 ms "
+        "| TTFT p99 ms | ITL p50 ms | ITL p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['system']} | - | - | skipped: {r['skipped']} | | | | | |")
+            lines.append(f"| {r['system']} | - | - | - | skipped: {r['skipped']} | | | | | |")
             continue
         lines.append(
-            f"| {r['system']} | {r['clients']} | {r['requests']} | {r['output_tok_s']:.0f} "
+            f"| {r['system']} | {r['clients']} | {r['requests']} "
+            f"| {r['tokens_per_request']:.1f} | {r['output_tok_s']:.0f} "
             f"| {r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | {r['itl_p50_ms']:.1f} "
             f"| {r['itl_p99_ms']:.1f} | {r['errors']} |"
         )

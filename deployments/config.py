@@ -283,6 +283,14 @@ class ServeOptions(BaseModel):
     )
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between checks.")
     health_check_timeout_s: float = Field(30.0, gt=0, description="Seconds before a check fails.")
+    stream_interval_ms: float | None = Field(
+        None,
+        ge=0,
+        description="Least milliseconds between two streamed chunks of one answer: tokens "
+        "made in between go out together (fewer, bigger chunks: more tokens/s under load, "
+        "burstier streams; Ray Serve LLM batches at 50). null: GAUDI_SERVE_STREAM_INTERVAL_MS "
+        "if set, else 0 (a chunk per engine step).",
+    )
 
     @model_validator(mode="after")
     def _one_replica_policy(self) -> ServeOptions:

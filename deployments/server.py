@@ -62,7 +62,10 @@ class LLMServer:
         self._special_ids = frozenset(self.engine.tokenizer.all_special_ids)
         self._throughput = _RateMeter(THROUGHPUT_WINDOW_S)
         self._release_wedge = threading.Event()
-        self._stream_interval_s = stream_interval_ms() / 1e3
+        interval_ms = model.serve.stream_interval_ms
+        self._stream_interval_s = (
+            stream_interval_ms() if interval_ms is None else interval_ms
+        ) / 1e3
         self._warm_up()
 
     def _warm_up(self) -> None:

@@ -158,6 +158,11 @@ def test_unknown_model_key_lists_the_model_keys():
             "models.0.speculative.method: Input should be 'draft' or 'ngram' (got 'medusa')",
         ),
         (
+            {"serve": {"stream_interval_ms": -5}},
+            "models.0.serve.stream_interval_ms: Input should be greater than or equal to 0 "
+            "(got -5)",
+        ),
+        (
             {"engine": {"max_num_seqs": 2000}},
             "models.0.engine.max_num_seqs: Input should be less than or equal to 1024 (got 2000)",
         ),

@@ -185,11 +185,18 @@ def test_engine_config_for_maps_buckets_and_speculation(tiny_model_dir):
     assert plain.buckets is None and plain.kv_cache_tokens == 2048
 
 
-def test_stream_interval_sends_fewer_bigger_chunks(tiny_model_dir, monkeypatch):
-    """With GAUDI_SERVE_STREAM_INTERVAL_MS, held-back outputs ride on the next chunk: same
-    text and tokens, fewer chunks; the first and the last chunk are never held."""
-    monkeypatch.setenv("GAUDI_SERVE_STREAM_INTERVAL_MS", "60000")
-    config = parse_config({"models": [model_entry("t", tiny_model_dir("llama"))]})
+@pytest.mark.parametrize(
+    ("env_ms", "config_ms"),
+    [("60000", None), ("0", 60000)],
+    ids=["GAUDI_SERVE_STREAM_INTERVAL_MS", "config-wins-over-env"],
+)
+def test_stream_interval_sends_fewer_bigger_chunks(env_ms, config_ms, tiny_model_dir, monkeypatch):
+    """With a stream interval (serve.stream_interval_ms, else GAUDI_SERVE_STREAM_INTERVAL_MS),
+    held-back outputs ride on the next chunk: same text and tokens, fewer chunks; the first
+    and the last chunk are never held."""
+    monkeypatch.setenv("GAUDI_SERVE_STREAM_INTERVAL_MS", env_ms)
+    entry = model_entry("t", tiny_model_dir("llama"), stream_interval_ms=config_ms)
+    config = parse_config({"models": [entry]})
     server = LLMServer.func_or_class(config.models[0], "cpu")
     try:
 
