@@ -14,7 +14,9 @@ another (greedy, `--max-tokens` each, EOS ignored where the server allows it). R
 system and client count: output tokens/s over the whole run, time to first token (TTFT) and
 inter-token latency (ITL: per request, the mean gap between tokens after the first) p50/p99
 over requests. Tokens are counted from the stream's usage event where the server sends one,
-else one per text event. Every server gets the same CPU threads (OMP_NUM_THREADS =
+else one per text event. Also reported: CPU milliseconds per generated token of each
+process of the server (the server and everything under it, from psutil), at the largest
+client count. Every server gets the same CPU threads (OMP_NUM_THREADS =
 --num-threads).
 """
 
@@ -198,6 +200,45 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+# -- where the CPU goes -----------------------------------------------------------------
+def process_tree_cpu_s(process: subprocess.Popen) -> dict[tuple[int, str], float]:
+    """CPU seconds (user + system) so far of the server and every process under it (Ray's
+    raylet, GCS and workers are children of an embedded Ray's driver), keyed by (pid, name)."""
+    import psutil
+
+    root = psutil.Process(process.pid)
+    out = {}
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+            out[(proc.pid, _process_name(proc))] = times.user + times.system
+        except psutil.Error:  # exited in between
+            continue
+    return out
+
+
+def _process_name(proc) -> str:
+    """Ray workers retitle themselves `ray::<Actor>` (Serve replicas:
+    `ray::ServeReplica:<app>:<deployment>`); anything else by its executable name."""
+    cmdline = proc.cmdline()
+    if cmdline and cmdline[0].startswith("ray::"):
+        return cmdline[0].split()[0]
+    return proc.name()
+
+
+def cpu_per_token_ms(before: dict, after: dict, num_tokens: int) -> dict[str, float]:
+    """Milliseconds of CPU per generated token over one run, summed by process name (only
+    names that used at least 0.05 ms/token), plus "total"."""
+    by_name: dict[str, float] = {}
+    for key, seconds in after.items():
+        name = key[1]
+        by_name[name] = by_name.get(name, 0.0) + seconds - before.get(key, 0.0)
+    per_token = {n: 1e3 * s / max(1, num_tokens) for n, s in by_name.items()}
+    kept = {n: round(v, 3) for n, v in sorted(per_token.items()) if v >= 0.05}
+    kept["total"] = round(sum(per_token.values()), 3)
+    return kept
+
+
 # -- the plain Ray Serve baseline --------------------------------------------------------
 def run_plain_server(model: Path, port: int) -> int:
     """A Ray Serve app that runs transformers `generate` once per request, streaming tokens
@@ -364,14 +405,20 @@ def main(argv=None) -> int:
             ]
             asyncio.run(run_load(label, url, bodies[:2], 2, 1))  # warm the path up
             for num_clients in (int(c) for c in args.clients.split(",")):
+                cpu_before = process_tree_cpu_s(process)
                 result = asyncio.run(
                     run_load(label, url, bodies, num_clients, args.requests_per_client)
                 )
                 rows.append(result.row())
+                rows[-1]["cpu_ms_per_token"] = cpu_per_token_ms(
+                    cpu_before, process_tree_cpu_s(process), result.num_tokens
+                )
                 print(json.dumps(rows[-1]), file=sys.stderr)
         finally:
             stop(process)
     print(markdown_table(rows))
+    print()
+    print(cpu_table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
@@ -389,6 +436,19 @@ def runs(args) -> list[tuple[str, str, dict[str, str]]]:
             label = system if float(interval) == 0 else f"{system}, stream {interval} ms"
             out.append((system, label, {"GAUDI_SERVE_STREAM_INTERVAL_MS": interval}))
     return out
+
+
+def cpu_table(rows: list[dict]) -> str:
+    """CPU ms per generated token by process, at each system's largest client count."""
+    lines = ["| system | clients | CPU ms per generated token, by process |", "|---|---|---|"]
+    largest: dict[str, dict] = {}
+    for r in rows:
+        if "skipped" not in r and r["clients"] >= largest.get(r["system"], {}).get("clients", 0):
+            largest[r["system"]] = r
+    for system, r in largest.items():
+        parts = ", ".join(f"{n} {v:.2f}" for n, v in r["cpu_ms_per_token"].items())
+        lines.append(f"| {system} | {r['clients']} | {parts} |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict]) -> str:
