@@ -8,9 +8,8 @@ Every shape here is fixed by the step's bucket; there is no data-dependent op.
 
 Measured on CPU (benchmarks/RESULTS.md, "Attention gather"): the context gather is an
 `index_select` over the flattened block table, not `cache[block_tables]` (advanced indexing
-is ~7x slower for the same copy); decode steps fold GQA groups into query rows instead of
-asking SDPA to expand K/V; and the mask is turned into an additive bias once per step, not
-once per layer.
+is ~7x slower for the same copy), and the mask is turned into an additive bias once per
+step, not once per layer.
 """
 
 from __future__ import annotations
@@ -116,27 +115,15 @@ def _as_bias(mask: torch.Tensor, paged: PagedMetadata, dtype: torch.dtype) -> to
 
 
 def _sdpa(query, key, value, mask, scaling):
-    batch, num_heads, query_len, head_dim = query.shape
-    num_kv_heads = key.shape[1]
-    if query_len == 1 and num_heads != num_kv_heads:
-        # Decode: the heads sharing a K/V head become query rows of that head, so SDPA
-        # reads K/V as they are instead of expanding them per head.
-        groups = num_heads // num_kv_heads
-        out = F.scaled_dot_product_attention(
-            query.reshape(batch, num_kv_heads, groups, head_dim),
-            key,
-            value,
-            attn_mask=mask,
-            scale=scaling,
-        )
-        return out.view(batch, num_heads, 1, head_dim)
+    # NOTE: folding the GQA groups of a decode query into query rows (so SDPA need not
+    # expand K/V) measured slower with 2 threads (benchmarks/attention_gather.py).
     return F.scaled_dot_product_attention(
         query.contiguous(),
         key,
         value,
         attn_mask=mask,
         scale=scaling,
-        enable_gqa=num_heads != num_kv_heads,
+        enable_gqa=query.shape[1] != key.shape[1],
     )
 
 
