@@ -15,7 +15,6 @@ file's folder. Importing this module imports neither Ray nor torch.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
@@ -23,18 +22,44 @@ from typing import Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
+from deployments.config_options import (
+    _CONFIG,
+    AutoscalingOptions,
+    BucketDim,
+    BucketOptions,
+    BucketRangeOptions,
+    EngineOptions,
+    HttpOptions,
+    ServeOptions,
+    SpeculativeOptions,
+    _model_dir,
+)
 from deployments.protocol.errors import describe_validation_errors
 
+__all__ = [
+    "DEFAULT_MODEL_NAME",
+    "AutoscalingOptions",
+    "BucketDim",
+    "BucketOptions",
+    "BucketRangeOptions",
+    "ConfigError",
+    "EngineOptions",
+    "HttpOptions",
+    "ModelConfig",
+    "ServeConfig",
+    "ServeOptions",
+    "SpeculativeOptions",
+    "load_config",
+    "parse_config",
+]
+
 DEFAULT_MODEL_NAME = "pycoder"
-_CONFIG = ConfigDict(extra="forbid", frozen=True)
 _DEVICE_RESOURCE = {"cpu": "CPU", "cuda": "GPU", "hpu": "HPU"}
 
 
@@ -46,259 +71,6 @@ class ConfigError(ValueError):
         self.problems = problems
         lines = "\n".join(f"  {problem}" for problem in problems)
         super().__init__(f"invalid config {source}:\n{lines}")
-
-
-class HttpOptions(BaseModel):
-    """Where the HTTP server listens."""
-
-    model_config = _CONFIG
-
-    host: str = Field("127.0.0.1", min_length=1, description="Address to bind; 0.0.0.0 for all.")
-    port: int = Field(8000, ge=1, le=65535, description="TCP port, 1..65535.")
-
-
-class BucketRangeOptions(BaseModel):
-    """One bucket dimension: from `min` to `max` (both included), spaced by the strategy."""
-
-    model_config = _CONFIG
-
-    min: int = Field(ge=1, description="Smallest bucket.")
-    max: int = Field(ge=1, description="Largest bucket (>= min).")
-    step: int | None = Field(
-        None, ge=1, description="Spacing for the 'linear' strategy (required there)."
-    )
-
-    @model_validator(mode="after")
-    def _min_le_max(self) -> BucketRangeOptions:
-        if self.min > self.max:
-            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
-        return self
-
-
-# A bucket dimension: a range, an explicit list of sizes, or None for the engine's default.
-BucketDim = BucketRangeOptions | tuple[int, ...] | None
-_BUCKET_DIMS = ("prefill_batch_sizes", "prefill_lengths", "decode_batch_sizes", "decode_num_blocks")
-
-
-class BucketOptions(BaseModel):
-    """The static shapes steps are padded to (engine.buckets). Each dimension is a range
-    {min, max, step} expanded by the strategy, or an explicit strictly increasing list;
-    unset dimensions are derived from the engine's limits."""
-
-    model_config = _CONFIG
-
-    strategy: Literal["exponential", "linear"] = Field(
-        "exponential",
-        description="'exponential': min, powers of two, max; 'linear': min, min+step, ..., max.",
-    )
-    prefill_batch_sizes: BucketDim = Field(
-        None, description="Rows of a prefill step; default 1..max_num_seqs (within budget)."
-    )
-    prefill_lengths: BucketDim = Field(
-        None, description="Padded tokens per prefill row; default block_size..the budget."
-    )
-    decode_batch_sizes: BucketDim = Field(
-        None, description="Rows of a decode step; default 1..max_num_seqs."
-    )
-    decode_num_blocks: BucketDim = Field(
-        None, description="Padded context blocks per decode row; default 1..the context."
-    )
-
-    @field_validator(*_BUCKET_DIMS, mode="before")
-    @classmethod
-    def _range_or_list(cls, value: Any, info: ValidationInfo) -> Any:
-        name = info.field_name
-        if value is None or isinstance(value, BucketRangeOptions):
-            return value
-        if isinstance(value, dict):
-            try:
-                return BucketRangeOptions.model_validate(value)
-            except ValidationError as exc:
-                problems = describe_validation_errors(exc, BucketRangeOptions)
-                raise ValueError("; ".join(problems)) from None
-        values = list(value) if isinstance(value, (list, tuple)) else []
-        is_sizes = all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
-        if values and is_sizes and all(a < b for a, b in itertools.pairwise(values)):
-            return tuple(values)
-        raise ValueError(
-            f"{name} must be a range {{min, max, step}} or a non-empty, strictly increasing "
-            f"list of integers >= 1, got {value!r}"
-        )
-
-    @model_validator(mode="after")
-    def _linear_needs_step(self) -> BucketOptions:
-        if self.strategy == "linear":
-            for name in _BUCKET_DIMS:
-                dim = getattr(self, name)
-                if isinstance(dim, BucketRangeOptions) and dim.step is None:
-                    raise ValueError(f"{name}.step is required with strategy 'linear'")
-        return self
-
-
-class EngineOptions(BaseModel):
-    """The engine of each replica: batching, KV cache and shapes."""
-
-    model_config = _CONFIG
-
-    max_num_seqs: int = Field(32, ge=1, le=1024, description="Most sequences per batch, 1..1024.")
-    max_model_len: int | None = Field(
-        None,
-        ge=2,
-        description="Context length (prompt + output); default: the model's, capped by the engine.",
-    )
-    block_size: Literal[16, 32, 64, 128] = Field(16, description="Tokens per KV-cache block.")
-    kv_cache_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="KV-cache capacity in tokens (>= block_size); default: sized "
-        "from free device memory.",
-    )
-    kv_cache_memory_fraction: float | None = Field(
-        None,
-        gt=0.0,
-        le=1.0,
-        description="Share of free device memory for the KV cache when "
-        "kv_cache_tokens is unset, in (0, 1]; default: the device's.",
-    )
-    max_num_batched_tokens: int = Field(
-        2048,
-        ge=1,
-        description="Token budget of one step (>= block_size); longer prompts are "
-        "prefilled in chunks.",
-    )
-    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of shared prefixes.")
-    buckets: BucketOptions = Field(
-        default_factory=BucketOptions, description="Static shapes for graph capture."
-    )
-    strict_shapes: bool = Field(
-        False, description="Fail a step whose shape was not warmed up instead of compiling it."
-    )
-
-    @model_validator(mode="after")
-    def _check_budgets(self) -> EngineOptions:
-        if self.kv_cache_tokens is not None and self.kv_cache_tokens < self.block_size:
-            raise ValueError(
-                f"kv_cache_tokens ({self.kv_cache_tokens}) must be >= block_size "
-                f"({self.block_size})"
-            )
-        if self.max_num_batched_tokens < self.block_size:
-            raise ValueError(
-                f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= "
-                f"block_size ({self.block_size})"
-            )
-        return self
-
-
-class SpeculativeOptions(BaseModel):
-    """Speculative decoding: proposals verified by the target model in one step."""
-
-    model_config = _CONFIG
-
-    method: Literal["draft", "ngram"] = Field(
-        description="'draft': a small model proposes; 'ngram': prompt lookup proposes."
-    )
-    num_speculative_tokens: int = Field(4, ge=1, le=8, description="Tokens proposed per step.")
-    draft_model: Path | None = Field(
-        None, description="Draft model folder (method draft only); default: the bundled one."
-    )
-    adaptive: bool = Field(
-        True, description="Lower the number of proposals while few are accepted."
-    )
-
-    @field_validator("draft_model")
-    @classmethod
-    def _check_draft_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return _model_dir(value, info)
-
-    @model_validator(mode="after")
-    def _draft_model_needs_draft(self) -> SpeculativeOptions:
-        if self.method != "draft" and self.draft_model is not None:
-            raise ValueError(f"draft_model is only used with method 'draft', not {self.method!r}")
-        return self
-
-    def resolved_draft_model(self) -> Path | None:
-        """The draft model folder (None for ngram). Imports the engine's assets lazily."""
-        if self.method != "draft":
-            return None
-        if self.draft_model is not None:
-            return self.draft_model
-        from engine.assets import default_draft_model_path
-
-        return Path(default_draft_model_path())
-
-
-class AutoscalingOptions(BaseModel):
-    """Replica autoscaling by ongoing requests per replica."""
-
-    model_config = _CONFIG
-
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 allows scale to zero.")
-    max_replicas: int = Field(ge=1, description="Most replicas (>= min_replicas).")
-    initial_replicas: int | None = Field(
-        None, ge=0, description="Replicas at start, in [min, max]; default min_replicas."
-    )
-    target_ongoing_requests: float = Field(
-        16.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
-    )
-    upscale_delay_s: float | None = Field(
-        None, ge=0, description="Seconds of high load before adding replicas; Serve's default."
-    )
-    downscale_delay_s: float | None = Field(
-        None, ge=0, description="Seconds of low load before removing replicas; Serve's default."
-    )
-
-    @model_validator(mode="after")
-    def _check_order(self) -> AutoscalingOptions:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
-            )
-        initial = self.initial_replicas
-        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
-            raise ValueError(
-                f"initial_replicas ({initial}) must be within min_replicas "
-                f"({self.min_replicas}) and max_replicas ({self.max_replicas})"
-            )
-        return self
-
-    def to_serve(self) -> dict[str, Any]:
-        """Serve's `autoscaling_config` dict (unset options keep Serve's defaults)."""
-        return self.model_dump(exclude_none=True)
-
-
-class ServeOptions(BaseModel):
-    """How Ray Serve runs the model's replicas."""
-
-    model_config = _CONFIG
-
-    num_replicas: int | None = Field(
-        None, ge=1, description="Fixed replica count (default 1); excludes autoscaling."
-    )
-    autoscaling: AutoscalingOptions | None = Field(
-        None, description="Autoscale the replica count; excludes num_replicas."
-    )
-    max_ongoing_requests: int = Field(64, ge=1, description="Requests in flight per replica.")
-    max_queued_requests: int | None = Field(
-        None, ge=1, description="Requests queued per caller before rejecting; null: no limit."
-    )
-    health_check_period_s: float = Field(10.0, gt=0, description="Seconds between checks.")
-    health_check_timeout_s: float = Field(30.0, gt=0, description="Seconds before a check fails.")
-    stream_interval_ms: float | None = Field(
-        None,
-        ge=0,
-        description="Least milliseconds between two streamed chunks of one answer: tokens "
-        "made in between go out together (fewer, bigger chunks: more tokens/s under load, "
-        "burstier streams; Ray Serve LLM batches at 50). null: GAUDI_SERVE_STREAM_INTERVAL_MS "
-        "if set, else 0 (a chunk per engine step).",
-    )
-
-    @model_validator(mode="after")
-    def _one_replica_policy(self) -> ServeOptions:
-        if self.num_replicas is not None and self.autoscaling is not None:
-            raise ValueError(
-                f"set either num_replicas ({self.num_replicas}) or autoscaling, not both"
-            )
-        return self
 
 
 class ModelConfig(BaseModel):
@@ -456,23 +228,6 @@ def parse_config(
         return ServeConfig.model_validate(data, context=context)
     except ValidationError as exc:
         raise ConfigError(source, describe_validation_errors(exc, ServeConfig)) from None
-
-
-def _model_dir(value: Path | None, info: ValidationInfo) -> Path | None:
-    """An absolute model folder; checked to hold config.json unless check_paths is off."""
-    if value is None:
-        return None
-    context = info.context or {}
-    path = value.expanduser()
-    if not path.is_absolute():
-        path = (context.get("base_dir") or Path.cwd()) / path
-    if not context.get("check_paths", True):
-        return path
-    if not path.is_dir():
-        raise ValueError(f"{path} is not a directory (expected a Hugging Face model folder)")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path} has no config.json (expected a Hugging Face model folder)")
-    return path
 
 
 def _replica_resources(resource: str) -> dict[str, Any]:

@@ -7,10 +7,11 @@ from engine.async_engine import AsyncEngine
 from engine.config import EngineConfig
 from engine.errors import EmptyPromptError, EngineDeadError, PromptTooLongError
 from engine.llm import LLM
-from engine.llm_engine import Engine, EngineStats
+from engine.llm_engine import Engine
 from engine.outputs import RequestOutput, TokenLogprob
 from engine.sampling_params import SamplingParams
 from engine.spec import SpeculativeConfig
+from engine.stats import EngineStats
 
 __all__ = [
     "LLM",

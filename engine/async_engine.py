@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator
 
 from engine.config import EngineConfig
 from engine.errors import EngineDeadError
-from engine.llm_engine import Engine, EngineStats
+from engine.llm_engine import Engine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from engine.stats import EngineStats
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,17 @@ import torch
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def pytest_sessionstart(session) -> None:
+    """DeepSpeed picks its accelerator on first use and announces it on stdout; with
+    accelerate installed, `save_pretrained` (every tiny model) is such a first use. Pick it
+    here, once, so no test's captured output starts with DeepSpeed's line and no test that
+    fakes a Gaudi bridge decides it for the rest of the process."""
+    from deepspeed.accelerator import get_accelerator
+
+    get_accelerator()
+
+
 TINY_VOCAB = 512
 
 # family -> (config class name, extra kwargs); dims kept tiny so each model loads in ~1 s.
