@@ -14,7 +14,7 @@ module does not import torch.
   `DecodeBucket.query_len` is already there for it.
 
 Each dimension is either explicit values (a strictly increasing tuple) or a `BucketRange`
-expanded by the config's strategy:
+expanded by the config's strategy (engine.bucket_ranges):
 - "exponential": min, then every power of two above it, then max (max always included);
 - "linear": min, min+step, min+2*step, ..., then max (max always included).
 
@@ -62,10 +62,20 @@ from __future__ import annotations
 
 import bisect
 import functools
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from engine.bucket_ranges import (
+    STRATEGIES,
+    BucketDim,
+    BucketRange,
+    as_dim,
+    check_int,
+    default_range,
+    dim_buckets,
+    dim_min,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -88,10 +98,7 @@ __all__ = [
     "prefill_buckets",
 ]
 
-STRATEGIES = ("exponential", "linear")
 _DIMS = ("prefill_batch_sizes", "prefill_lengths", "decode_batch_sizes", "decode_num_blocks")
-# With the "linear" strategy and no explicit dimension, aim for about this many buckets.
-_LINEAR_DEFAULT_NUM_STEPS = 8
 
 
 class BucketOverflowError(ValueError):
@@ -103,20 +110,6 @@ class BucketOverflowError(ValueError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"{name}={value!r} fits no bucket; allowed: {allowed}")
-
-
-@dataclass(frozen=True)
-class BucketRange:
-    """min/step/max of one bucket dimension. `step` is used by the "linear" strategy only.
-    Validated by the `BucketConfig` holding it, so errors name the config field."""
-
-    min: int
-    step: int
-    max: int
-
-
-# A dimension: a range expanded by the strategy, or explicit strictly increasing values.
-BucketDim = BucketRange | tuple[int, ...]
 
 
 class PrefillBucket(NamedTuple):
@@ -168,9 +161,9 @@ class BucketConfig:
             raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         for name in _DIMS:
             # lists become tuples: the config stays hashable (the expansions are cached)
-            object.__setattr__(self, name, _as_dim(name, getattr(self, name)))
-        smallest = _dim_min(self.prefill_batch_sizes) * _dim_min(self.prefill_lengths)
-        _check_int(
+            object.__setattr__(self, name, as_dim(name, getattr(self, name)))
+        smallest = dim_min(self.prefill_batch_sizes) * dim_min(self.prefill_lengths)
+        check_int(
             "max_num_batched_tokens",
             self.max_num_batched_tokens,
             smallest,
@@ -210,23 +203,23 @@ class BucketConfig:
             ("block_size", block_size),
             ("max_num_batched_tokens", max_num_batched_tokens),
         ):
-            _check_int(name, value, 1, "1")
+            check_int(name, value, 1, "1")
         max_len = min(max_model_len, max_num_batched_tokens)
         if prefill_lengths is not None:
-            prefill_lengths = _as_dim("prefill_lengths", prefill_lengths)
+            prefill_lengths = as_dim("prefill_lengths", prefill_lengths)
         else:
-            prefill_lengths = _default_range(
+            prefill_lengths = default_range(
                 strategy, min(block_size, max_len), max_len, min_step=block_size
             )
-        max_prefill_batch = max_num_batched_tokens // _dim_min(prefill_lengths)
+        max_prefill_batch = max_num_batched_tokens // dim_min(prefill_lengths)
         if prefill_batch_sizes is None:
-            prefill_batch_sizes = _default_range(
+            prefill_batch_sizes = default_range(
                 strategy, 1, max(1, min(max_num_seqs, max_prefill_batch)), is_aligned=False
             )
         if decode_batch_sizes is None:
-            decode_batch_sizes = _default_range(strategy, 1, max_num_seqs, is_aligned=False)
+            decode_batch_sizes = default_range(strategy, 1, max_num_seqs, is_aligned=False)
         if decode_num_blocks is None:
-            decode_num_blocks = _default_range(strategy, 1, -(-max_model_len // block_size))
+            decode_num_blocks = default_range(strategy, 1, -(-max_model_len // block_size))
         return cls(
             prefill_batch_sizes=prefill_batch_sizes,
             prefill_lengths=prefill_lengths,
@@ -235,34 +228,6 @@ class BucketConfig:
             max_num_batched_tokens=max_num_batched_tokens,
             strategy=strategy,
         )
-
-
-def dim_buckets(strategy: str, dim: BucketDim) -> tuple[int, ...]:
-    """Expand one dimension into its sorted bucket values (explicit values as given).
-
-    >>> dim_buckets("exponential", BucketRange(min=3, step=1, max=20))
-    (3, 4, 8, 16, 20)
-    >>> dim_buckets("linear", BucketRange(min=1, step=8, max=20))
-    (1, 9, 17, 20)
-    >>> dim_buckets("linear", (2, 6, 7))
-    (2, 6, 7)
-    """
-    if not isinstance(dim, BucketRange):
-        return tuple(dim)
-    low, high = dim.min, dim.max
-    if strategy == "exponential":
-        values = [low]
-        power = 1 << low.bit_length()  # the smallest power of two above low
-        while power < high:
-            values.append(power)
-            power <<= 1
-    elif strategy == "linear":
-        values = list(range(low, high, dim.step))
-    else:
-        raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {strategy!r}")
-    if not values or values[-1] != high:  # linear with min == max gives no steps
-        values.append(high)
-    return tuple(values)
 
 
 @functools.cache
@@ -318,7 +283,7 @@ def pick_bucket(buckets: Sequence[int], value: int, name: str = "value") -> int:
     ...
     engine.buckets.BucketOverflowError: batch_size=9 fits no bucket; allowed: at most 8
     """
-    _check_int(name, value, 1, "1")
+    check_int(name, value, 1, "1")
     index = bisect.bisect_left(buckets, value)
     if index == len(buckets):
         raise BucketOverflowError(name, value, f"at most {buckets[-1]}" if buckets else "none")
@@ -329,8 +294,8 @@ def pick_prefill_bucket(cfg: BucketConfig, batch_size: int, max_len: int) -> Pre
     """The prefill bucket with the fewest padded tokens holding `batch_size` rows of up to
     `max_len` tokens. Raises BucketOverflowError when none fits (too many rows, too long,
     or every fitting pair was dropped for the token budget)."""
-    _check_int("batch_size", batch_size, 1, "1")
-    _check_int("max_len", max_len, 1, "1")
+    check_int("batch_size", batch_size, 1, "1")
+    check_int("max_len", max_len, 1, "1")
     fitting = [
         b for b in prefill_buckets(cfg) if b.batch_size >= batch_size and b.query_len >= max_len
     ]
@@ -359,58 +324,10 @@ def padding_ratio(real_tokens: int, padded_tokens: int) -> float:
     >>> padding_ratio(48, 64)
     0.25
     """
-    _check_int("padded_tokens", padded_tokens, 1, "1")
+    check_int("padded_tokens", padded_tokens, 1, "1")
     if not isinstance(real_tokens, int) or not 0 <= real_tokens <= padded_tokens:
         raise ValueError(
             f"real_tokens must be an integer in [0, padded_tokens={padded_tokens}], "
             f"got {real_tokens!r}"
         )
     return 1.0 - real_tokens / padded_tokens
-
-
-def _default_range(
-    strategy: str, low: int, high: int, *, min_step: int = 1, is_aligned: bool = True
-) -> BucketRange:
-    if strategy != "linear":
-        return BucketRange(min=low, step=1, max=high)
-    step = max(min_step, _pow2_floor(max(1, high // _LINEAR_DEFAULT_NUM_STEPS)))
-    step = min(step, high)
-    return BucketRange(min=step if is_aligned else low, step=step, max=high)
-
-
-def _pow2_floor(value: int) -> int:
-    return 1 << (value.bit_length() - 1)
-
-
-def _dim_min(dim: BucketDim) -> int:
-    return dim.min if isinstance(dim, BucketRange) else dim[0]
-
-
-def _as_dim(name: str, dim: object) -> BucketDim:
-    """`dim` validated, with a list of values turned into a tuple."""
-    if isinstance(dim, BucketRange):
-        _check_int(f"{name}.min", dim.min, 1, "1")
-        _check_int(f"{name}.step", dim.step, 1, "1")
-        _check_int(f"{name}.max", dim.max, dim.min, f"{name}.min ({dim.min})")
-        return dim
-    values = tuple(dim) if isinstance(dim, (list, tuple)) else ()
-    is_valid = (
-        bool(values)
-        and all(_is_int(v) and v >= 1 for v in values)
-        and all(a < b for a, b in itertools.pairwise(values))
-    )
-    if not is_valid:
-        raise ValueError(
-            f"{name} must be a BucketRange(min, step, max) or a non-empty, strictly "
-            f"increasing list of integers >= 1, got {dim!r}"
-        )
-    return values
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: object, minimum: int, minimum_text: str) -> None:
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum_text}, got {value!r}")
