@@ -6,13 +6,17 @@ side by side on one layer's shapes (CPU, fp32).
 
 Variants (each checked equal to the first):
   index+gqa         cache[block_tables] (advanced indexing), SDPA enable_gqa, bool mask
-  index_select+gqa  index_select over the flat block table, SDPA enable_gqa, float bias
-  engine            engine.attention.paged_attention as the engine runs it (the cache
-                    write and the gather by index_select, SDPA enable_gqa, float bias)
+  index_select+gqa  index_select over the flat block table, SDPA enable_gqa, bool mask
+  float-bias        the same with the mask as an additive float bias built once per step
+                    (SDPA converts a bool mask in every layer): tried, not adopted
   fold-gqa          index_select, the decode query's GQA groups folded into query rows
-                    (SDPA reads K/V once per KV head), float bias: tried, not adopted
+                    (SDPA reads K/V once per KV head): tried, not adopted
+  engine            engine.attention.paged_attention as the engine runs it (the cache
+                    write, then index_select + enable_gqa + bool mask)
 
-Each thread count runs in a fresh process: changing torch's thread count inside one
+Host memory is set up as the engine's CPU backend does (`keep_freed_host_memory`); without
+it, batch 64 timings were dominated by page faults on the multi-MiB copies. Each thread
+count runs in a fresh process: changing torch's thread count inside one
 process left every later timing 2-3x slower on the 2-vCPU development machine.
 """
 
@@ -30,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.attention import PagedMetadata, paged_attention
+from engine.devices.cpu import keep_freed_host_memory
 
 
 def build(batch, blocks, block_size, heads, kv_heads, head_dim, pool_blocks):
@@ -45,7 +50,6 @@ def build(batch, blocks, block_size, heads, kv_heads, head_dim, pool_blocks):
         block_tables=torch.randint(1, pool_blocks, (batch, blocks)),
         positions=positions,
         mask=mask,
-        bias=PagedMetadata.additive_bias(mask, torch.float32),
     )
     query = torch.randn(batch, heads, 1, head_dim)
     key = torch.zeros(batch, kv_heads, 1, head_dim)
@@ -63,18 +67,24 @@ def variants(paged, query, key):
         v = v_cache[paged.block_tables].view(batch, -1, kv_heads, head_dim).transpose(1, 2)
         return F.scaled_dot_product_attention(query, k, v, attn_mask=paged.mask, enable_gqa=True)
 
-    def index_select_gqa():
+    def gather(cache):
         flat = paged.block_tables.reshape(-1)
-        k = k_cache.index_select(0, flat).view(batch, -1, kv_heads, head_dim).transpose(1, 2)
-        v = v_cache.index_select(0, flat).view(batch, -1, kv_heads, head_dim).transpose(1, 2)
-        return F.scaled_dot_product_attention(query, k, v, attn_mask=paged.bias, enable_gqa=True)
+        return cache.index_select(0, flat).view(batch, -1, kv_heads, head_dim).transpose(1, 2)
+
+    def index_select_gqa():
+        k, v = gather(k_cache), gather(v_cache)
+        return F.scaled_dot_product_attention(query, k, v, attn_mask=paged.mask, enable_gqa=True)
+
+    bias = torch.zeros(paged.mask.shape).masked_fill_(~paged.mask, float("-inf"))
+
+    def float_bias():
+        k, v = gather(k_cache), gather(v_cache)
+        return F.scaled_dot_product_attention(query, k, v, attn_mask=bias, enable_gqa=True)
 
     def fold_gqa():
-        flat = paged.block_tables.reshape(-1)
-        k = k_cache.index_select(0, flat).view(batch, -1, kv_heads, head_dim).transpose(1, 2)
-        v = v_cache.index_select(0, flat).view(batch, -1, kv_heads, head_dim).transpose(1, 2)
+        k, v = gather(k_cache), gather(v_cache)
         folded = query.reshape(batch, kv_heads, -1, head_dim)
-        out = F.scaled_dot_product_attention(folded, k, v, attn_mask=paged.bias)
+        out = F.scaled_dot_product_attention(folded, k, v, attn_mask=paged.mask)
         return out.view(query.shape)
 
     def engine():
@@ -84,6 +94,7 @@ def variants(paged, query, key):
     return {
         "index+gqa": index_gqa,
         "index_select+gqa": index_select_gqa,
+        "float-bias": float_bias,
         "fold-gqa": fold_gqa,
         "engine": engine,
     }
@@ -135,6 +146,7 @@ def main(argv=None) -> int:
             subprocess.run([*child, "--child-threads", threads], env=env, check=True)
         return 0
     torch.set_num_threads(args.child_threads)
+    keep_freed_host_memory()  # as the engine's CPU backend does: no page faults per copy
     fns = variants(paged, query, key)
     with torch.inference_mode():
         reference = fns["index+gqa"]()

@@ -30,14 +30,15 @@ def serve_config_path() -> Path | None:
     return path
 
 
-DEVICES = ("auto", "cpu", "cuda", "hpu")
-
-
 def serve_device() -> str | None:
-    """GAUDI_SERVE_DEVICE: one of DEVICES; None when unset or auto (probe the cluster)."""
+    """GAUDI_SERVE_DEVICE: one of engine.devices.DEVICE_CHOICES; None when unset or auto
+    (probe the cluster)."""
+    from engine.devices import DEVICE_CHOICES
+
     value = os.environ.get("GAUDI_SERVE_DEVICE", "").strip().lower()
-    if value not in ("", *DEVICES):
-        raise ValueError(f"GAUDI_SERVE_DEVICE must be one of {list(DEVICES)}, got {value!r}")
+    if value not in ("", *DEVICE_CHOICES):
+        choices = list(DEVICE_CHOICES)
+        raise ValueError(f"GAUDI_SERVE_DEVICE must be one of {choices}, got {value!r}")
     return None if value in ("", "auto") else value
 
 

@@ -8,8 +8,7 @@ Every shape here is fixed by the step's bucket; there is no data-dependent op.
 
 Measured on CPU (benchmarks/RESULTS.md, "Attention gather"): the context gather is an
 `index_select` over the flattened block table, not `cache[block_tables]` (advanced indexing
-is ~7x slower for the same copy), and the mask is turned into an additive bias once per
-step, not once per layer.
+is 1.5-7x slower for the same copy).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ class PagedMetadata:
     block_tables: [batch, max_blocks] block ids (padding -> block 0)
     positions: [batch, query_len] absolute position of each fed token (padding -> 0)
     mask: [batch, 1, query_len, max_blocks * block_size] bool, True = may attend
-    bias: the mask as an additive float bias (0 / -inf) in the model's dtype, or None
     """
 
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
@@ -40,15 +38,6 @@ class PagedMetadata:
     block_tables: torch.Tensor
     positions: torch.Tensor
     mask: torch.Tensor
-    bias: torch.Tensor | None = None
-
-    @staticmethod
-    def additive_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """0 where `mask` allows, -inf where it hides. Every row keeps at least key 0
-        visible (position >= 0), so no softmax row is all -inf."""
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-            ~mask, float("-inf")
-        )
 
     @staticmethod
     def causal_mask(positions: torch.Tensor, context_len: int) -> torch.Tensor:
@@ -103,20 +92,14 @@ def paged_attention(
     if softcap is not None:
         out = _softcapped_attention(query, k_ctx, v_ctx, mask, scaling, softcap)
     else:
-        out = _sdpa(query, k_ctx, v_ctx, _as_bias(mask, paged, query.dtype), scaling)
+        out = _sdpa(query, k_ctx, v_ctx, mask, scaling)
     return out.transpose(1, 2).contiguous(), None
-
-
-def _as_bias(mask: torch.Tensor, paged: PagedMetadata, dtype: torch.dtype) -> torch.Tensor:
-    """The step's precomputed additive bias when `mask` is the plain step mask."""
-    if mask is paged.mask and paged.bias is not None and paged.bias.dtype == dtype:
-        return paged.bias
-    return mask
 
 
 def _sdpa(query, key, value, mask, scaling):
     # NOTE: folding the GQA groups of a decode query into query rows (so SDPA need not
-    # expand K/V) measured slower with 2 threads (benchmarks/attention_gather.py).
+    # expand K/V) measured slower with 2 threads, and an additive float bias built once
+    # per step no faster than the bool mask (benchmarks/attention_gather.py).
     return F.scaled_dot_product_attention(
         query.contiguous(),
         key,

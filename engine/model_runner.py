@@ -67,8 +67,7 @@ class ModelRunner:
     ) -> torch.Tensor:
         """Padded forward over the paged cache -> logits [batch, num_logits, vocab] for the
         last num_logits positions of every row. Static shapes only: capturable."""
-        bias = PagedMetadata.additive_bias(mask, self.kv_spec.dtype)
-        paged = PagedMetadata(self.kv_caches, slot_mapping, block_tables, positions, mask, bias)
+        paged = PagedMetadata(self.kv_caches, slot_mapping, block_tables, positions, mask)
         out = self.model(
             input_ids=input_ids,
             position_ids=positions,

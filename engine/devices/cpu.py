@@ -48,8 +48,9 @@ def keep_freed_host_memory() -> bool:
     Each step allocates multi-MiB temporaries (the gathered K/V context of every layer,
     activations) and frees them. By default glibc serves such blocks with mmap and unmaps
     them on free, so the next step page-faults and zeroes them again: on the development
-    machine that was 6.9M page faults and 18.6 s of system time for one 64 x 128-token run,
-    and fixing it took LLM.generate from ~710 to ~1100-1350 tok/s (benchmarks/RESULTS.md).
+    machine 4.7M page faults and 12.4 s of system time for one 64 x 128-token run, which
+    this setting cuts to 19k and 0.1 s, 595 -> 1394 tok/s (benchmarks/engine_profile.py,
+    figures in benchmarks/RESULTS.md).
     Raising the mmap threshold to glibc's maximum and the trim threshold to 1 GiB keeps the
     memory in the heap (what vLLM's CPU backend gets by preloading tcmalloc). Returns
     whether it took effect (False off glibc, e.g. musl or macOS). Process-wide, idempotent.

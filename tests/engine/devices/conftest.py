@@ -53,12 +53,8 @@ def fake_habana(monkeypatch):
         pytest.skip("a real habana_frameworks is installed; the fake would shadow it")
     monkeypatch.delenv("PT_HPU_LAZY_MODE", raising=False)
     monkeypatch.delenv("PT_HPU_ENABLE_LAZY_COLLECTIVES", raising=False)
-    # DeepSpeed picks its accelerator once per process, on first use (transformers' and
-    # accelerate's save/unwrap paths import it). Pin it before the fake bridge appears, or
-    # DeepSpeed would take the fake for a Gaudi and every later TP test would run "on HPU".
-    from deepspeed.accelerator import get_accelerator
-
-    get_accelerator()
+    # NOTE: DeepSpeed's accelerator was picked at session start (tests/conftest.py), so
+    # the fake bridge cannot make DeepSpeed believe it runs on a Gaudi.
     monkeypatch.syspath_prepend(str(FAKE_BRIDGE_DIR))
     import habana_frameworks
 
