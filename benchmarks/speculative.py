@@ -21,7 +21,7 @@ are medians. On a shared machine wall time mostly measures the neighbours, so th
 is per second of this process's CPU time (with one torch thread, what wall time would be
 on an idle core), and per wall second alongside. Every gaudi-serve system's outputs must
 equal `none`'s token for token; transformers' are compared and reported. It also prints
-the step costs behind the adaptive rule (engine.spec.adaptive): forward times by tokens.
+the step costs behind the adaptive rule (engine.speculative.adaptive): forward times by tokens.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from deployments.config import (
 from engine.buckets import BucketConfig, BucketRange
 from engine.config import DEFAULT_MAX_MODEL_LEN_CAP, EngineConfig
 from engine.loader import load_config
-from engine.spec.config import SpeculativeConfig
+from engine.speculative.config import SpeculativeConfig
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from engine.llm import LLM
 from engine.llm_engine import Engine
 from engine.outputs import RequestOutput, TokenLogprob
 from engine.sampling_params import SamplingParams
-from engine.spec import SpeculativeConfig
+from engine.speculative import SpeculativeConfig
 from engine.stats import EngineStats
 
 __all__ = [

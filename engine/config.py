@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from engine.buckets import BucketConfig
-from engine.spec.config import SpeculativeConfig
+from engine.speculative.config import SpeculativeConfig
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 BLOCK_SIZE_CHOICES = (8, 16, 32, 64, 128)

@@ -2,7 +2,7 @@
 
 One step = the scheduler picks sequences -> the host builds padded inputs -> the executor
 runs the forward and samples on the device -> outputs are processed on the host.
-With speculative decoding (engine.spec) a decode step becomes a verify step when there are
+With speculative decoding (engine.speculative) a decode step becomes a verify step when there are
 proposals: each sequence may emit several tokens, appended one by one through the stops.
 """
 
@@ -28,7 +28,7 @@ from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput, StepKind
 from engine.sequence import Sequence
 from engine.shapes import StepShape, StepShaper, check_covers
-from engine.spec.decoder import SpecDecoder, VerifyPlan
+from engine.speculative.decoder import SpecDecoder, VerifyPlan
 from engine.stats import EngineStats
 
 logger = logging.getLogger(__name__)

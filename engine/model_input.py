@@ -18,7 +18,7 @@ from engine.scheduler import SchedulerOutput
 from engine.shapes import StepShape
 
 if TYPE_CHECKING:
-    from engine.spec.verify import VerifyInput
+    from engine.speculative.verify import VerifyInput
 
 
 @dataclass
@@ -68,7 +68,7 @@ class ModelInput:
     sampling: SamplingInput
     num_seqs: int  # real rows; rows past it are padding
     shape: StepShape
-    # A speculative verify step: the proposals to accept or reject (engine.spec.verify).
+    # A speculative verify step: the proposals to accept or reject (engine.speculative.verify).
     verify: VerifyInput | None = None
 
 

@@ -13,7 +13,7 @@ from engine.loader import KVSpec
 from engine.model_input import ModelInput, SamplingInput
 from engine.sampler import SamplerOutput, sample
 from engine.shapes import StepShape
-from engine.spec.verify import VerifyOutput, verify
+from engine.speculative.verify import VerifyOutput, verify
 
 
 class ModelRunner:

@@ -46,7 +46,7 @@ from engine.errors import EngineDeadError
 from engine.loader import KVSpec, load_config
 from engine.model_input import ModelInput
 from engine.sampler import SamplerOutput
-from engine.spec.verify import VerifyOutput
+from engine.speculative.verify import VerifyOutput
 from sharding.dist import GroupAddress, remove_shm_buffers
 from sharding.worker import (
     RankLoadStats,

@@ -25,7 +25,7 @@ from engine.loader import KVSpec, load_config, resolve_dtype
 from engine.model_input import ModelInput
 from engine.model_runner import ModelRunner
 from engine.sampler import SamplerOutput
-from engine.spec.verify import VerifyOutput
+from engine.speculative.verify import VerifyOutput
 from sharding.dist import (
     VISIBLE_DEVICES,
     GroupAddress,

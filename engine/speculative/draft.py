@@ -37,15 +37,15 @@ from engine.model_runner import ModelRunner
 from engine.sampler import process_logits, race
 from engine.sequence import Sequence
 from engine.shapes import StepShape, StepShaper
-from engine.spec.inputs import SamplingRow, rows_sampling_input
-from engine.spec.proposer import DRAFT, Proposals
-from engine.spec.verify import DRAFT_SALT
+from engine.speculative.inputs import SamplingRow, rows_sampling_input
+from engine.speculative.proposer import DRAFT, Proposals
+from engine.speculative.verify import DRAFT_SALT
 
 SYNC_QUERY_LEN = 2  # tokens a sync step feeds per row, at most
 
 
 class DraftProposer:
-    """The `Proposer` of method "draft" (see engine.spec.decoder)."""
+    """The `Proposer` of method "draft" (see engine.speculative.decoder)."""
 
     def __init__(
         self,

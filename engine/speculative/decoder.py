@@ -21,7 +21,7 @@ import torch
 from engine.model_input import ModelInput, dummy_model_input
 from engine.sequence import Sequence
 from engine.shapes import StepShape, StepShaper
-from engine.spec.adaptive import (
+from engine.speculative.adaptive import (
     DEFAULT_DRAFT_COSTS,
     DEFAULT_NGRAM_COSTS,
     AcceptanceTracker,
@@ -30,10 +30,10 @@ from engine.spec.adaptive import (
     choose_k,
     k_choices,
 )
-from engine.spec.config import SpeculativeConfig
-from engine.spec.inputs import build_verify_input
-from engine.spec.ngram import NgramProposer
-from engine.spec.proposer import DRAFT, NGRAM, Proposer
+from engine.speculative.config import SpeculativeConfig
+from engine.speculative.inputs import build_verify_input
+from engine.speculative.ngram import NgramProposer
+from engine.speculative.proposer import DRAFT, NGRAM, Proposer
 
 CALIBRATION_REPEATS = 5
 HOST_DECAY = 0.9  # EWMA weight of the previous host-time estimate, per decode step
@@ -103,8 +103,8 @@ class SpecDecoder:
             return cls(config, shaper, max_model_len, proposer)
         from engine.devices import get_device
         from engine.loader import load_config, resolve_model_path
-        from engine.spec.draft import DraftProposer
-        from engine.spec.vocab import check_same_vocab
+        from engine.speculative.draft import DraftProposer
+        from engine.speculative.vocab import check_same_vocab
 
         if config.draft_model is None:
             from engine.assets import default_draft_model_path
@@ -126,7 +126,7 @@ class SpecDecoder:
             draft_path, device, engine_config.dtype, shaper, engine_config.strict_shapes
         )
         if config.method == "hybrid":
-            from engine.spec.hybrid import HybridProposer
+            from engine.speculative.hybrid import HybridProposer
 
             ngram = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
             proposer = HybridProposer(ngram, proposer)

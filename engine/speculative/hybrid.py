@@ -4,7 +4,7 @@ Prompt lookup proposes for free and is often right in repetitive text (code, and
 small models fall into); the draft model costs k forwards but proposes everywhere. Each
 row takes the n-gram proposal when it fills the row's whole budget, else the draft's, so a
 batch pays for draft forwards only when some row needs them; with adaptive speculation
-the rule also weighs n-gram proposals alone (engine.spec.adaptive.choose_hybrid).
+the rule also weighs n-gram proposals alone (engine.speculative.adaptive.choose_hybrid).
 A row's n-gram proposal is a point mass: where the batch samples, its q rows are one-hot,
 which makes the rejection rule exactly the n-gram one (accept with p(d), residual p
 without d).
@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 
 from engine.sequence import Sequence
-from engine.spec.draft import DraftProposer
-from engine.spec.ngram import NgramProposer
-from engine.spec.proposer import DRAFT, NGRAM, Proposals
+from engine.speculative.draft import DraftProposer
+from engine.speculative.ngram import NgramProposer
+from engine.speculative.proposer import DRAFT, NGRAM, Proposals
 
 
 class HybridProposer:
-    """The `Proposer` of method "hybrid" (see engine.spec.decoder)."""
+    """The `Proposer` of method "hybrid" (see engine.speculative.decoder)."""
 
     def __init__(self, ngram: NgramProposer, draft: DraftProposer):
         self.ngram = ngram

@@ -7,9 +7,9 @@ import doctest
 
 import pytest
 
-import engine.spec.adaptive
-import engine.spec.ngram
-import engine.spec.vocab
+import engine.speculative.adaptive
+import engine.speculative.ngram
+import engine.speculative.vocab
 from engine import EngineConfig, SpeculativeConfig
 
 
@@ -46,7 +46,9 @@ def test_engine_config_takes_a_speculative_config():
         EngineConfig(speculative={"method": "ngram"})
 
 
-@pytest.mark.parametrize("module", [engine.spec.adaptive, engine.spec.ngram, engine.spec.vocab])
+@pytest.mark.parametrize(
+    "module", [engine.speculative.adaptive, engine.speculative.ngram, engine.speculative.vocab]
+)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)
     assert result.attempted >= 2

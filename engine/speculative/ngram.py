@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from engine.sequence import Sequence
-from engine.spec.proposer import NGRAM, Proposals
+from engine.speculative.proposer import NGRAM, Proposals
 
 
 def propose_ngram(token_ids: list[int], num_tokens: int, min_n: int, max_n: int) -> list[int]:
@@ -38,7 +38,7 @@ def propose_ngram(token_ids: list[int], num_tokens: int, min_n: int, max_n: int)
 
 
 class NgramProposer:
-    """The `Proposer` of method "ngram" (see engine.spec.decoder)."""
+    """The `Proposer` of method "ngram" (see engine.speculative.decoder)."""
 
     def __init__(self, min_n: int, max_n: int):
         self.min_n = min_n

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from engine import LLM, SamplingParams, SpeculativeConfig
-from engine.spec.adaptive import StepCosts
+from engine.speculative.adaptive import StepCosts
 from tests.conftest import random_prompts
 
 ARGS = dict(device="cpu", dtype="float32", skip_tokenizer_init=True, warmup=False)

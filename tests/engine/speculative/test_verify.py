@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from engine.model_input import SamplingInput
-from engine.spec.verify import VerifyInput, verify
+from engine.speculative.verify import VerifyInput, verify
 
 VOCAB = 8
 

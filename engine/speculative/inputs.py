@@ -10,7 +10,7 @@ import torch
 from engine.model_input import FeedRow, ModelInput, SamplingInput, build_feed_input
 from engine.sequence import Sequence
 from engine.shapes import StepShape
-from engine.spec.verify import VerifyInput
+from engine.speculative.verify import VerifyInput
 
 
 class SamplingRow(NamedTuple):

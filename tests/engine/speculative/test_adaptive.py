@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from engine.spec.adaptive import (
+from engine.speculative.adaptive import (
     AcceptanceTracker,
     StepCosts,
     choose_hybrid,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from engine import SamplingParams
 from engine.sequence import Sequence
-from engine.spec.ngram import NgramProposer, propose_ngram
+from engine.speculative.ngram import NgramProposer, propose_ngram
 
 
 def test_longest_suffix_first():

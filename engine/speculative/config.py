@@ -16,7 +16,7 @@ class SpeculativeConfig:
     method: "draft" (a small model sharing the target's tokenizer proposes tokens),
         "ngram" (prompt lookup: the tokens that followed the most recent earlier
         occurrence of the sequence's last n tokens) or "hybrid" (prompt lookup where it
-        fills the budget, the draft model elsewhere: engine.spec.hybrid).
+        fills the budget, the draft model elsewhere: engine.speculative.hybrid).
     num_speculative_tokens: k, the most tokens proposed per sequence and step (1..8); a
         verify step feeds k + 1 tokens per sequence.
     draft_model: the draft's local model directory; None = the bundled draft
@@ -24,7 +24,7 @@ class SpeculativeConfig:
     prompt_lookup_min / prompt_lookup_max: n-gram sizes tried, longest first ("ngram",
         "hybrid").
     adaptive: choose k per step (0 = a plain decode step) from the batch size and the
-        measured acceptance (see engine.spec.adaptive); False = always k.
+        measured acceptance (see engine.speculative.adaptive); False = always k.
     """
 
     method: str = "draft"
