@@ -149,7 +149,7 @@ def free_port() -> int:
 def system_command(system: str, model: Path, name: str, port: int, num_threads: int):
     """(argv, model id to send, extra request fields) of one system."""
     if system == "gaudi-serve":
-        argv = [sys.executable, "-m", "cluster.cli", "up", "--model", str(model)]
+        argv = [sys.executable, "-m", "cluster.commands.cli", "up", "--model", str(model)]
         argv += ["--name", name, "--port", str(port), "--num-cpus", str(num_threads)]
         return argv, name, {"ignore_eos": True, "stream_options": {"include_usage": True}}
     if system == "hf-serve":

@@ -142,7 +142,7 @@ def step_costs(llm, batch: int, k: int, context: int) -> dict[str, float]:
 
     engine = llm.engine
     blocks = -(-context // engine.config.block_size)
-    runners = {"target": engine.executor.runner, "draft": engine.spec.draft.runner}
+    runners = {"target": engine.executor.runner, "draft": engine.strategy.draft.runner}
     cases = [
         (model, rows, query_len)
         for model, lens in (("target", (1, 2, k + 1)), ("draft", (1, 2)))
@@ -214,11 +214,11 @@ def measure(args, batch: int, prompts, hf_pair) -> dict:
         k = args.num_speculative_tokens
         results["step_costs_ms"] = step_costs(llms["draft"], batch, k, context)
     if "adaptive" in llms:
-        costs = llms["adaptive"].engine.spec.costs
+        costs = llms["adaptive"].engine.strategy.costs
         results["adaptive_costs_ms"] = {
             "target": [(n, s * 1e3) for n, s in costs.target_points],
             "draft": [(n, s * 1e3) for n, s in costs.draft_points],
-            "host": llms["adaptive"].engine.spec.host_s * 1e3,
+            "host": llms["adaptive"].engine.strategy.host_s * 1e3,
         }
     for llm in llms.values():
         llm.shutdown()

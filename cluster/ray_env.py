@@ -1,4 +1,5 @@
-"""Start an embedded local Ray, or join a running one.
+"""Start an embedded local Ray, or join a running one; read what its nodes have
+(`node_resources`) and what it is waiting to place (`pending_demands`).
 
 >>> started = ensure_ray(num_cpus=4)  # doctest: +SKIP
 >>> # ... use Ray ...
@@ -10,8 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
-__all__ = ["SERVE_ENV", "apply_serve_env", "ensure_ray"]
+__all__ = [
+    "SERVE_ENV",
+    "PendingDemand",
+    "apply_serve_env",
+    "ensure_ray",
+    "node_resources",
+    "pending_demands",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,3 +68,38 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None) -> boo
     gcs_address = ray.get_runtime_context().gcs_address
     logger.info("%s Ray at %s", "started" if is_local else "joined", gcs_address)
     return True
+
+
+@dataclass(frozen=True)
+class PendingDemand:
+    """Requests of one shape that the cluster cannot place now: `count` actors or tasks
+    of one bundle each (`strategy` None), or `count` placement groups of `bundles`."""
+
+    bundles: tuple[dict[str, float], ...]
+    count: int
+    strategy: str | None = None
+
+
+def node_resources() -> list[dict[str, float]]:
+    """The total resources of each alive node of the connected cluster."""
+    import ray
+
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
+def pending_demands() -> list[PendingDemand]:
+    """What the connected cluster is waiting for resources to place (the "Pending
+    demands" of `ray status`, read from the GCS, so it works without the dashboard)."""
+    import ray
+    from ray.autoscaler.v2.sdk import get_cluster_status
+
+    demands = get_cluster_status(ray.get_runtime_context().gcs_address).resource_demands
+    pending = [
+        PendingDemand((dict(by_count.bundle),), by_count.count)
+        for demand in demands.ray_task_actor_demand
+        for by_count in demand.bundles_by_count
+    ]
+    for group in demands.placement_group_demand:
+        bundles = tuple(dict(b.bundle) for b in group.bundles_by_count for _ in range(b.count))
+        pending.append(PendingDemand(bundles, 1, group.strategy))
+    return pending

@@ -15,25 +15,34 @@ config nor needs the bundled model.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray.serve import Application
 
+from cluster.resources import device_of_cluster
 from deployments.config import ServeConfig, load_config
 from deployments.ingress import Ingress
 from deployments.server import LLMServer
 
+if TYPE_CHECKING:
+    from engine import ExecutorFactory
+
 APP_NAME = "gaudi-serve"
 INGRESS_EXTRA_REQUESTS = 16
-# Ray resource name -> our device name, in order of preference
-_DEVICE_OF_RESOURCE = (("HPU", "hpu"), ("GPU", "cuda"))
 
 
-def build_app(config: ServeConfig, *, device: str | None = None) -> Application:
+def build_app(
+    config: ServeConfig,
+    *,
+    device: str | None = None,
+    executor_factory: ExecutorFactory | None = None,
+) -> Application:
     """The application for `config`: deployment name = model name.
 
     `device` is where models with `device: auto` run; default: the cluster's accelerator
     (HPU, else GPU, else CPU) if Ray is connected, else this machine's.
+    `executor_factory` builds every replica's executor; None means sharding's (local for
+    tp_size 1, a tensor-parallel group of Ray actors otherwise).
     """
     device = device or cluster_device()
     servers = {}
@@ -41,7 +50,7 @@ def build_app(config: ServeConfig, *, device: str | None = None) -> Application:
         model_device = device if model.device == "auto" else model.device
         options = model.serve_deployment_options(model_device)
         servers[model.name] = LLMServer.options(name=model.name, **options).bind(
-            model, model_device
+            model, model_device, executor_factory
         )
     max_ongoing = {m.name: _max_ongoing_requests(m) for m in config.models}
     # The ingress only forwards: it must admit everything the models can take (Serve's
@@ -58,12 +67,8 @@ def cluster_device() -> str:
     import ray
 
     if ray.is_initialized():
-        resources = ray.cluster_resources()
-        for resource, device in _DEVICE_OF_RESOURCE:
-            if resources.get(resource, 0) > 0:
-                return device
-        return "cpu"
-    from engine.devices import resolve_device_name
+        return device_of_cluster(ray.cluster_resources())
+    from engine import resolve_device_name
 
     return resolve_device_name("auto")
 

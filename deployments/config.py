@@ -8,9 +8,11 @@
         serve: {autoscaling: {min_replicas: 1, max_replicas: 4}}
 
 `load_config(path)` reads and validates a file and reports every problem at once, one per
-line: ``models.0.engine.block_size: Input should be 16, 32, 64 or 128 (got 7)``. Unknown
+line: ``models.0.engine.block_size: Input should be 8, 16, 32, 64 or 128 (got 7)``. Unknown
 keys are rejected at every level. Relative model paths are resolved against the config
-file's folder. Importing this module imports neither Ray nor torch.
+file's folder. Allowed values and defaults come from the engine's facade (its config,
+speculative, bucket and device choices) and Ray resource names from cluster.resources.
+Importing this module imports neither Ray nor torch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pydantic import (
     field_validator,
 )
 
+from cluster.resources import DEVICE_RESOURCES, ray_resource
 from deployments.config_options import (
     _CONFIG,
     AutoscalingOptions,
@@ -39,8 +42,10 @@ from deployments.config_options import (
     ServeOptions,
     SpeculativeOptions,
     _model_dir,
+    _tokenizer_dir,
 )
 from deployments.protocol.errors import describe_validation_errors
+from engine import DEVICE_CHOICES, DTYPE_CHOICES
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -60,7 +65,6 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_NAME = "pycoder"
-_DEVICE_RESOURCE = {"cpu": "CPU", "cuda": "GPU", "hpu": "HPU"}
 
 
 class ConfigError(ValueError):
@@ -87,10 +91,13 @@ class ModelConfig(BaseModel):
     path: Path | None = Field(
         None, description="Hugging Face model folder (with config.json); default: bundled."
     )
-    device: Literal["auto", "cpu", "cuda", "hpu"] = Field(
+    tokenizer: Path | None = Field(
+        None, description="Tokenizer folder; default: the model's own (path)."
+    )
+    device: Literal[DEVICE_CHOICES] = Field(
         "auto", description="Accelerator; 'auto' picks hpu, else cuda, else cpu."
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    dtype: Literal[DTYPE_CHOICES] = Field(
         "auto", description="Weight and activation dtype; 'auto' lets the engine pick."
     )
     tp_size: Literal[1, 2, 4, 8] = Field(
@@ -107,11 +114,16 @@ class ModelConfig(BaseModel):
     def _check_model_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return _model_dir(value, info)
 
+    @field_validator("tokenizer")
+    @classmethod
+    def _check_tokenizer_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _tokenizer_dir(value, info)
+
     def resolved_path(self) -> Path:
         """The model folder; the bundled default model when `path` is unset."""
         if self.path is not None:
             return self.path
-        from engine.assets import default_model_path
+        from engine import default_model_path
 
         return Path(default_model_path())
 
@@ -126,7 +138,7 @@ class ModelConfig(BaseModel):
         and requires its resources to fit there; it asks for num_cpus 0 so rank 0 still gets
         the whole bundle (Ray rejects a zero-only bundle, so it cannot have its own).
         """
-        resource = _DEVICE_RESOURCE[self._resolve_device(device)]
+        resource = ray_resource(self._resolve_device(device))
         options: dict[str, Any] = {
             "max_ongoing_requests": self.serve.max_ongoing_requests,
             # Serve's "no limit" is -1; ours is None.
@@ -149,10 +161,10 @@ class ModelConfig(BaseModel):
     def _resolve_device(self, device: str | None) -> str:
         if self.device != "auto":
             return self.device
-        if device not in _DEVICE_RESOURCE:
+        if device not in DEVICE_RESOURCES:
             raise ValueError(
                 f"model {self.name!r} has device 'auto': pass the resolved device, one of "
-                f"{', '.join(_DEVICE_RESOURCE)} (got {device!r})"
+                f"{', '.join(DEVICE_RESOURCES)} (got {device!r})"
             )
         return device
 

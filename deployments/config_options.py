@@ -1,11 +1,15 @@
 """The option sub-models of the serving config (see deployments.config): HTTP, engine,
 buckets, speculative decoding, autoscaling and Serve options, and the helpers they share
-with it. Importing this module imports neither Ray nor torch.
+with it. Engine options take their allowed values and defaults from the engine's own config
+classes (EngineConfig, BucketConfig, SpeculativeConfig), so the two cannot drift; every
+EngineConfig and SpeculativeConfig field a user may set has a key here (the test
+tests/deployments/test_engine_config.py walks them). Importing this module imports neither
+Ray nor torch.
 """
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,8 +24,24 @@ from pydantic import (
 )
 
 from deployments.protocol.errors import describe_validation_errors
+from engine import (
+    BLOCK_SIZE_CHOICES,
+    BUCKET_DIMS,
+    BUCKET_STRATEGIES,
+    MAX_SPECULATIVE_TOKENS,
+    SPECULATIVE_METHODS,
+    BucketConfig,
+    EngineConfig,
+    SpeculativeConfig,
+    is_bucket_values,
+)
 
 _CONFIG = ConfigDict(extra="forbid", frozen=True)
+
+
+def _default(config_class: type, name: str) -> Any:
+    """The default of field `name` of an engine config dataclass: the one home of it."""
+    return {f.name: f.default for f in dataclasses.fields(config_class)}[name]
 
 
 class HttpOptions(BaseModel):
@@ -53,7 +73,6 @@ class BucketRangeOptions(BaseModel):
 
 # A bucket dimension: a range, an explicit list of sizes, or None for the engine's default.
 BucketDim = BucketRangeOptions | tuple[int, ...] | None
-_BUCKET_DIMS = ("prefill_batch_sizes", "prefill_lengths", "decode_batch_sizes", "decode_num_blocks")
 
 
 class BucketOptions(BaseModel):
@@ -63,8 +82,8 @@ class BucketOptions(BaseModel):
 
     model_config = _CONFIG
 
-    strategy: Literal["exponential", "linear"] = Field(
-        "exponential",
+    strategy: Literal[BUCKET_STRATEGIES] = Field(
+        _default(BucketConfig, "strategy"),
         description="'exponential': min, powers of two, max; 'linear': min, min+step, ..., max.",
     )
     prefill_batch_sizes: BucketDim = Field(
@@ -80,7 +99,7 @@ class BucketOptions(BaseModel):
         None, description="Padded context blocks per decode row; default 1..the context."
     )
 
-    @field_validator(*_BUCKET_DIMS, mode="before")
+    @field_validator(*BUCKET_DIMS, mode="before")
     @classmethod
     def _range_or_list(cls, value: Any, info: ValidationInfo) -> Any:
         name = info.field_name
@@ -92,10 +111,8 @@ class BucketOptions(BaseModel):
             except ValidationError as exc:
                 problems = describe_validation_errors(exc, BucketRangeOptions)
                 raise ValueError("; ".join(problems)) from None
-        values = list(value) if isinstance(value, (list, tuple)) else []
-        is_sizes = all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
-        if values and is_sizes and all(a < b for a, b in itertools.pairwise(values)):
-            return tuple(values)
+        if is_bucket_values(value):
+            return tuple(value)
         raise ValueError(
             f"{name} must be a range {{min, max, step}} or a non-empty, strictly increasing "
             f"list of integers >= 1, got {value!r}"
@@ -104,7 +121,7 @@ class BucketOptions(BaseModel):
     @model_validator(mode="after")
     def _linear_needs_step(self) -> BucketOptions:
         if self.strategy == "linear":
-            for name in _BUCKET_DIMS:
+            for name in BUCKET_DIMS:
                 dim = getattr(self, name)
                 if isinstance(dim, BucketRangeOptions) and dim.step is None:
                     raise ValueError(f"{name}.step is required with strategy 'linear'")
@@ -116,13 +133,20 @@ class EngineOptions(BaseModel):
 
     model_config = _CONFIG
 
-    max_num_seqs: int = Field(32, ge=1, le=1024, description="Most sequences per batch, 1..1024.")
+    max_num_seqs: int = Field(
+        _default(EngineConfig, "max_num_seqs"),
+        ge=1,
+        le=1024,
+        description="Most sequences per batch, 1..1024.",
+    )
     max_model_len: int | None = Field(
         None,
         ge=2,
         description="Context length (prompt + output); default: the model's, capped by the engine.",
     )
-    block_size: Literal[16, 32, 64, 128] = Field(16, description="Tokens per KV-cache block.")
+    block_size: Literal[BLOCK_SIZE_CHOICES] = Field(
+        _default(EngineConfig, "block_size"), description="Tokens per KV-cache block."
+    )
     kv_cache_tokens: int | None = Field(
         None,
         ge=1,
@@ -137,17 +161,35 @@ class EngineOptions(BaseModel):
         "kv_cache_tokens is unset, in (0, 1]; default: the device's.",
     )
     max_num_batched_tokens: int = Field(
-        2048,
+        _default(EngineConfig, "max_num_batched_tokens"),
         ge=1,
         description="Token budget of one step (>= block_size); longer prompts are "
         "prefilled in chunks.",
     )
-    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of shared prefixes.")
+    enable_prefix_caching: bool = Field(
+        _default(EngineConfig, "enable_prefix_caching"),
+        description="Reuse KV blocks of shared prefixes.",
+    )
     buckets: BucketOptions = Field(
         default_factory=BucketOptions, description="Static shapes for graph capture."
     )
     strict_shapes: bool = Field(
-        False, description="Fail a step whose shape was not warmed up instead of compiling it."
+        _default(EngineConfig, "strict_shapes"),
+        description="Fail a step whose shape was not warmed up instead of compiling it.",
+    )
+    warmup: bool = Field(
+        _default(EngineConfig, "warmup"),
+        description="Run every bucket once (capturing graphs) before the replica is ready; "
+        "false starts faster and compiles shapes on first use.",
+    )
+    enable_graphs: bool = Field(
+        _default(EngineConfig, "enable_graphs"),
+        description="Capture and replay graphs on devices that have them (hpu, cuda).",
+    )
+    seed: int = Field(
+        _default(EngineConfig, "seed"),
+        ge=0,
+        description="Seed of the engine's sampling for requests that set none.",
     )
 
     @model_validator(mode="after")
@@ -170,15 +212,33 @@ class SpeculativeOptions(BaseModel):
 
     model_config = _CONFIG
 
-    method: Literal["draft", "ngram"] = Field(
-        description="'draft': a small model proposes; 'ngram': prompt lookup proposes."
+    method: Literal[SPECULATIVE_METHODS] = Field(
+        description="'draft': a small model proposes; 'ngram': prompt lookup proposes; "
+        "'hybrid': prompt lookup where it fills the budget, the draft model elsewhere."
     )
-    num_speculative_tokens: int = Field(4, ge=1, le=8, description="Tokens proposed per step.")
+    num_speculative_tokens: int = Field(
+        _default(SpeculativeConfig, "num_speculative_tokens"),
+        ge=1,
+        le=MAX_SPECULATIVE_TOKENS,
+        description=f"Most tokens proposed per sequence and step, 1..{MAX_SPECULATIVE_TOKENS}.",
+    )
     draft_model: Path | None = Field(
-        None, description="Draft model folder (method draft only); default: the bundled one."
+        None,
+        description="Draft model folder (methods draft and hybrid); default: the bundled one.",
+    )
+    prompt_lookup_min: int = Field(
+        _default(SpeculativeConfig, "prompt_lookup_min"),
+        ge=1,
+        description="Shortest n-gram prompt lookup matches (methods ngram and hybrid).",
+    )
+    prompt_lookup_max: int = Field(
+        _default(SpeculativeConfig, "prompt_lookup_max"),
+        ge=1,
+        description="Longest n-gram prompt lookup tries first (>= prompt_lookup_min).",
     )
     adaptive: bool = Field(
-        True, description="Lower the number of proposals while few are accepted."
+        _default(SpeculativeConfig, "adaptive"),
+        description="Lower the number of proposals while few are accepted.",
     )
 
     @field_validator("draft_model")
@@ -187,18 +247,33 @@ class SpeculativeOptions(BaseModel):
         return _model_dir(value, info)
 
     @model_validator(mode="after")
-    def _draft_model_needs_draft(self) -> SpeculativeOptions:
-        if self.method != "draft" and self.draft_model is not None:
-            raise ValueError(f"draft_model is only used with method 'draft', not {self.method!r}")
+    def _check_with_the_engine(self) -> SpeculativeOptions:
+        # The engine's own rules (ranges, which methods take a draft model), so that a
+        # setting the engine cannot honour fails here, naming the field.
+        self.to_engine()
         return self
 
+    def to_engine(self) -> SpeculativeConfig:
+        """The engine's SpeculativeConfig: every option maps to the field of its name.
+        A ValueError names the field (without the engine's `speculative.` prefix)."""
+        try:
+            return SpeculativeConfig(
+                **{
+                    name: str(value) if isinstance(value, Path) else value
+                    for name, value in self.model_dump().items()
+                }
+            )
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("speculative.")) from None
+
     def resolved_draft_model(self) -> Path | None:
-        """The draft model folder (None for ngram). Imports the engine's assets lazily."""
-        if self.method != "draft":
-            return None
+        """The draft model folder (None for ngram, which takes none). Imports the engine's
+        assets lazily."""
         if self.draft_model is not None:
             return self.draft_model
-        from engine.assets import default_draft_model_path
+        if self.method == "ngram":
+            return None
+        from engine import default_draft_model_path
 
         return Path(default_draft_model_path())
 
@@ -279,6 +354,19 @@ class ServeOptions(BaseModel):
 
 def _model_dir(value: Path | None, info: ValidationInfo) -> Path | None:
     """An absolute model folder; checked to hold config.json unless check_paths is off."""
+    return _local_dir(value, info, "config.json", "a Hugging Face model folder")
+
+
+def _tokenizer_dir(value: Path | None, info: ValidationInfo) -> Path | None:
+    """An absolute tokenizer folder; checked to exist unless check_paths is off."""
+    return _local_dir(value, info, None, "a Hugging Face tokenizer folder")
+
+
+def _local_dir(
+    value: Path | None, info: ValidationInfo, required_file: str | None, expected: str
+) -> Path | None:
+    """`value` made absolute (relative to the config file's folder); unless check_paths is
+    off, checked to be a directory holding `required_file`."""
     if value is None:
         return None
     context = info.context or {}
@@ -288,7 +376,7 @@ def _model_dir(value: Path | None, info: ValidationInfo) -> Path | None:
     if not context.get("check_paths", True):
         return path
     if not path.is_dir():
-        raise ValueError(f"{path} is not a directory (expected a Hugging Face model folder)")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path} has no config.json (expected a Hugging Face model folder)")
+        raise ValueError(f"{path} is not a directory (expected {expected})")
+    if required_file is not None and not (path / required_file).is_file():
+        raise ValueError(f"{path} has no {required_file} (expected {expected})")
     return path

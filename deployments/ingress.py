@@ -15,13 +15,11 @@ The ingress loads no model and no tokenizer: replicas apply chat templates and c
 # NOTE: no `from __future__ import annotations` here: FastAPI must see the route methods'
 # real annotations (a string "Request" would make `request` a required query parameter).
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import ray
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ValidationError
 from ray import serve
@@ -43,11 +41,9 @@ from deployments.protocol import (
     openai_error_body,
     tgi_error_body,
 )
+from deployments.replica_stats import ReplicaMonitor, ReplicaSnapshot, ReplicaState
 
 logger = logging.getLogger(__name__)
-
-STATS_TIMEOUT_S = 5.0
-_REPLICA_PREFIX = "SERVE_REPLICA::"  # Serve's replica actor names: PREFIX<app>#<deployment>#<id>
 
 app = FastAPI(title="gaudi-serve", description="OpenAI- and TGI-compatible LLM serving")
 
@@ -79,28 +75,6 @@ def _error_response(error: ApiError, is_tgi: bool) -> Response:
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
-def _replica_actors(app_name: str, models: set[str]) -> list[tuple[str, str, Any]]:
-    """(model, replica id, actor handle) of every live replica of `models` in `app_name`.
-    Blocking GCS calls: run it in a thread."""
-    found = []
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        model, replica = _parse_replica_name(entry["name"], app_name)
-        if model in models:
-            with contextlib.suppress(ValueError):  # the replica went away meanwhile
-                actor = ray.get_actor(entry["name"], namespace=entry["namespace"])
-                found.append((model, replica, actor))
-    return found
-
-
-def _parse_replica_name(name: str, app_name: str) -> tuple[str | None, str | None]:
-    """(deployment, replica id) of a Serve replica actor name in `app_name`."""
-    prefix = f"{_REPLICA_PREFIX}{app_name}#"
-    if not name.startswith(prefix):
-        return None, None
-    deployment, _, replica = name[len(prefix) :].rpartition("#")
-    return deployment, replica
-
-
 # NOTE: the class comes last: `serve.ingress` pickles the routes when the class is
 # decorated, and they keep only the module globals defined by then.
 @serve.deployment(ray_actor_options={"num_cpus": 0})
@@ -115,12 +89,9 @@ class Ingress:
         default_model: str | None = None,
         max_ongoing_requests: dict[str, int] | None = None,
     ):
-        # Import the engine's SamplingParams (and so torch) now, while the replica starts,
-        # rather than on the first request. No model or tokenizer is loaded here.
-        import engine.sampling_params  # noqa: F401
-
         self.models = ModelTable(servers, default_model)
         self.metrics = ServeMetrics()
+        self.replicas = ReplicaMonitor(self.models.names)
         self._max_ongoing = max_ongoing_requests or {}
         self._num_in_flight = 0
 
@@ -181,39 +152,34 @@ class Ingress:
     # -- operations ---------------------------------------------------------------------
     @app.get("/health")
     async def health(self) -> Response:
-        """200 when every model has a replica whose engine is healthy, else 503. Asks the
-        replicas directly, so a full request queue does not read as ill health."""
-        stats = await self._engine_stats()
+        """200 while every model has a healthy replica, else 503, as TGI's and vLLM's
+        /health (for load balancers and readiness probes). The body lists each model's
+        replicas and their states (deployments.replica_stats): a replica still starting,
+        waiting for room in the cluster or warming up, does not make its model unhealthy
+        while another one serves it. Answers within milliseconds from the replicas' last
+        stats, asked of the replicas directly, so a full request queue does not read as
+        ill health."""
+        replicas = await self._replica_snapshots()
+        states: dict[str, dict[str, str]] = {model: {} for model in self.models.names}
+        for replica in replicas:
+            states[replica.model][replica.replica_id] = replica.state.value
         status = {
-            model: any(v.get("is_healthy") == 1.0 for (m, _), v in stats.items() if m == model)
-            for model in self.models.names
+            model: ReplicaState.HEALTHY.value in by_replica.values()
+            for model, by_replica in states.items()
         }
         code = 200 if all(status.values()) else 503
-        return JSONResponse({"healthy": code == 200, "models": status}, status_code=code)
+        body = {"healthy": code == 200, "models": status, "replicas": states}
+        return JSONResponse(body, status_code=code)
 
     @app.get("/metrics")
     async def metrics(self) -> Response:
-        stats = await self._engine_stats()
+        replicas = await self._replica_snapshots()
+        stats = {(r.model, r.replica_id): r.stats for r in replicas if r.stats}
         return Response(self.metrics.render(stats), media_type=CONTENT_TYPE)
 
-    async def _engine_stats(self) -> dict[tuple[str, str], dict[str, float]]:
-        """Every live replica's engine stats, asked of each replica actor directly (a
-        handle call reaches only one replica of a deployment)."""
-        app_name = serve.get_replica_context().app_name
-        replicas = await asyncio.to_thread(_replica_actors, app_name, set(self.models.names))
-
-        async def ask(actor) -> dict[str, Any]:
-            return await asyncio.wait_for(actor.record_routing_stats.remote(), STATS_TIMEOUT_S)
-
-        results = await asyncio.gather(
-            *(ask(actor) for _, _, actor in replicas), return_exceptions=True
-        )
-        stats = {}
-        for (model, replica, _), result in zip(replicas, results, strict=True):
-            if isinstance(result, dict):
-                numbers = {k: v for k, v in result.items() if isinstance(v, (int, float))}
-                stats[(model, replica)] = numbers
-        return stats
+    async def _replica_snapshots(self) -> list[ReplicaSnapshot]:
+        """Every replica of the served models, waiting on none that cannot answer now."""
+        return await self.replicas.snapshot(serve.get_replica_context().app_name)
 
     def num_in_flight(self) -> int:
         """Generation requests being served (for draining on shutdown)."""

@@ -7,8 +7,10 @@ replica for its stats and `render` turns them into gauges and counters labelled 
 and replica.
 
 Engine stats are read generically, so fields the engine adds later appear without code
-here: a field in ENGINE_GAUGES, or named `*_ratio`, `*_usage` or `*_s`, is a gauge;
-any other field is a cumulative counter (`gaudi_serve_engine_<field>_total`).
+here. Kinds are never guessed from names: each EngineStats field declares its own
+(`EngineStats.metric_kinds()`), and SERVER_STAT_KINDS those LLMServer.stats adds. A gauge
+is `gaudi_serve_engine_<field>`, a cumulative counter `gaudi_serve_engine_<field>_total`;
+a stat of no declared kind is exported untyped.
 """
 
 from __future__ import annotations
@@ -17,21 +19,19 @@ import re
 from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    UnknownMetricFamily,
+)
+
+from engine import METRIC_COUNTER, METRIC_GAUGE, EngineStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "gaudi_serve"
-ENGINE_GAUGES = frozenset(
-    {
-        "num_waiting",
-        "num_running",
-        "num_free_blocks",
-        "num_total_blocks",
-        "num_warmed_shapes",
-        "is_healthy",
-    }
-)
-_GAUGE_SUFFIXES = ("_ratio", "_usage", "_s")  # _s: durations and rates (_per_s)
+# Stats LLMServer.stats adds to the engine's, by kind (the kinds engine.stats declares).
+SERVER_STAT_KINDS = {"generation_tokens_per_s": METRIC_GAUGE, "is_healthy": METRIC_GAUGE}
 _TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TPOT_BUCKETS_S = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 
@@ -112,8 +112,9 @@ class ServeMetrics:
         return generate_latest(self.registry) + generate_latest(engine)
 
 
-def is_engine_gauge(field: str) -> bool:
-    return field in ENGINE_GAUGES or field.endswith(_GAUGE_SUFFIXES)
+def engine_stat_kind(field: str) -> str | None:
+    """METRIC_COUNTER or METRIC_GAUGE, as the stat declares it; None when it declares none."""
+    return (EngineStats.metric_kinds() | SERVER_STAT_KINDS).get(field)
 
 
 def engine_metric_name(field: str) -> str:
@@ -131,11 +132,13 @@ class _EngineStatsCollector:
         fields = sorted({field for values in self.stats.values() for field in values})
         for field in fields:
             name, doc = engine_metric_name(field), f"Engine stat {field!r} of each replica."
-            if is_engine_gauge(field):
-                family = GaugeMetricFamily(name, doc, labels=["model", "replica"])
-            else:
-                family = CounterMetricFamily(name, doc, labels=["model", "replica"])
+            family = _FAMILIES.get(engine_stat_kind(field), UnknownMetricFamily)(
+                name, doc, labels=["model", "replica"]
+            )
             for (model, replica), values in sorted(self.stats.items()):
                 if field in values:
                     family.add_metric([model, replica], float(values[field]))
             yield family
+
+
+_FAMILIES = {METRIC_COUNTER: CounterMetricFamily, METRIC_GAUGE: GaugeMetricFamily}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import threading
 import time
 import uuid
 from collections import deque
@@ -40,10 +39,12 @@ from engine import (
     AsyncEngine,
     EmptyPromptError,
     EngineDeadError,
+    ExecutorFactory,
     PromptTooLongError,
     RequestOutput,
     SamplingParams,
 )
+from sharding.factory import create_executor
 
 # A health probe gives up after this share of Serve's health_check_timeout_s, so the replica
 # reports why it is unhealthy before Serve's own timeout fires.
@@ -53,31 +54,31 @@ THROUGHPUT_WINDOW_S = 10.0
 
 @serve.deployment
 class LLMServer:
-    """One model's replica: streaming generation over an AsyncEngine."""
+    """One model's replica: streaming generation over an AsyncEngine.
 
-    def __init__(self, model: ModelConfig, device: str):
+    `executor_factory` builds the engine's executor; None = sharding's (one local rank, or
+    a tensor-parallel group of Ray actors when the model's tp_size > 1).
+    """
+
+    def __init__(
+        self, model: ModelConfig, device: str, executor_factory: ExecutorFactory | None = None
+    ):
         self.model = model
-        self.engine = AsyncEngine(engine_config_for(model, device))
+        self.engine = AsyncEngine(
+            engine_config_for(model, device), executor_factory=executor_factory or create_executor
+        )
+        self._info = self.engine.info()
         self._probe_timeout_s = model.serve.health_check_timeout_s * HEALTH_PROBE_TIMEOUT_SHARE
-        self._special_ids = frozenset(self.engine.tokenizer.all_special_ids)
         self._throughput = _RateMeter(THROUGHPUT_WINDOW_S)
-        self._release_wedge = threading.Event()
         interval_ms = model.serve.stream_interval_ms
         self._stream_interval_s = (
             stream_interval_ms() if interval_ms is None else interval_ms
         ) / 1e3
-        self._warm_up()
-
-    def _warm_up(self) -> None:
-        """Run one tiny generation to completion before Serve marks the replica ready.
-        NOTE: steps the engine synchronously; must run before any async generate."""
-        engine = self.engine.engine
-        engine.add_request("warmup", self._probe_prompt(), SamplingParams(max_tokens=2))
-        while engine.has_unfinished:
-            engine.step()
+        # Serve marks the replica ready once the constructor returns.
+        self.engine.warm_up(self._probe_prompt(), SamplingParams(max_tokens=2))
 
     def _probe_prompt(self) -> list[int]:
-        bos = self.engine.tokenizer.bos_token_id
+        bos = self._info.bos_token_id
         return [bos if bos is not None else 0]
 
     # -- generation ---------------------------------------------------------------------
@@ -131,24 +132,19 @@ class LLMServer:
     ) -> str | list[int]:
         if (prompt is None) == (messages is None):
             raise InvalidRequestError("give exactly one of prompt and messages", "prompt")
-        tokenizer = self.engine.tokenizer
         if messages is not None:
-            if not tokenizer.chat_template:
+            if self._info.chat_template is None:
                 raise InvalidRequestError(
                     f"model {self.model.name!r} has no chat template: use /v1/completions "
                     "with a plain prompt, or add a chat_template to the model's tokenizer",
                     "messages",
                 )
-            text = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-            # The template already wrote any BOS text: encode without adding special tokens.
-            prompt = tokenizer.encode(text, add_special_tokens=False)
+            prompt = self.engine.encode_chat(messages)
         if truncate is not None:
             if not isinstance(truncate, int) or truncate < 1:
                 message = f"truncate must be an integer >= 1, got {truncate!r}"
                 raise InvalidRequestError(message, "truncate")
-            ids = tokenizer.encode(prompt) if isinstance(prompt, str) else prompt
+            ids = self.engine.encode(prompt) if isinstance(prompt, str) else prompt
             prompt = ids[-truncate:]
         return prompt
 
@@ -174,30 +170,29 @@ class LLMServer:
         )
 
     def _token(self, token_id: int, logprob) -> GeneratedToken:
-        is_special = token_id in self._special_ids
+        is_special = token_id in self._info.special_token_ids
         if logprob is None:  # no logprobs asked for: skip decoding the token on its own
             return GeneratedToken(token_id, None, is_special)
-        decode = self.engine.tokenizer.decode
+        decode = self.engine.decode
         top = tuple(TopToken(i, decode([i]), lp) for i, lp in logprob.top.items())
         return GeneratedToken(token_id, decode([token_id]), is_special, logprob.logprob, top)
 
     async def tokenize(self, text: str) -> list[int]:
         """The token ids the engine would compute for `text` as a prompt."""
-        return self.engine.engine.encode(text)
+        return self.engine.encode(text)
 
     async def model_info(self) -> ModelInfo:
-        engine = self.engine.engine
-        dtype = getattr(engine.executor.kv_spec, "dtype", None)
+        info = self._info
         return ModelInfo(
             name=self.model.name,
-            path=str(engine.model_path),
-            device=engine.config.device,
-            dtype=str(dtype).removeprefix("torch.") if dtype is not None else "auto",
-            tp_size=engine.config.tp_size,
-            max_model_len=engine.config.max_model_len,
-            max_num_seqs=engine.config.max_num_seqs,
-            vocab_size=engine.hf_config.vocab_size,
-            has_chat_template=bool(self.engine.tokenizer.chat_template),
+            path=str(info.model_path),
+            device=info.device,
+            dtype=info.dtype,
+            tp_size=info.tp_size,
+            max_model_len=info.max_model_len,
+            max_num_seqs=info.max_num_seqs,
+            vocab_size=info.vocab_size,
+            has_chat_template=info.chat_template is not None,
         )
 
     # -- stats and health ---------------------------------------------------------------
@@ -251,21 +246,8 @@ class LLMServer:
         async for _ in self.engine.generate(self._probe_prompt(), params, request_id):
             pass
 
-    def wedge_engine_for_test(self) -> None:
-        """TEST ONLY: make every later engine step block (until this replica shuts down),
-        as a hung device call would. Health checks then fail and Serve replaces the replica."""
-        release = self._release_wedge
-
-        def blocked_execute(inp):
-            release.wait()
-            raise EngineDeadError("the engine was wedged by wedge_engine_for_test")
-
-        self.engine.engine.executor.execute = blocked_execute
-
     def __del__(self) -> None:
-        # Serve calls __del__ on graceful shutdown: unblock a wedged step, then stop.
-        if hasattr(self, "_release_wedge"):
-            self._release_wedge.set()
+        # Serve calls __del__ on graceful shutdown.
         if hasattr(self, "engine"):
             self.engine.shutdown()
 

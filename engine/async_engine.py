@@ -1,4 +1,5 @@
-"""The engine for servers: many concurrent `generate` streams over one step loop.
+"""The engine for servers: many concurrent `generate` streams over one step loop, and what
+a server needs besides (warm-up, encoding, model info, stats, health).
 
 Steps run in a worker thread so the event loop stays free. Scheduler state is only ever
 touched on the event loop thread between steps: new requests and aborts are applied just
@@ -13,7 +14,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from engine.config import EngineConfig
+from engine.engine_info import EngineInfo
 from engine.errors import EngineDeadError
+from engine.executor import ExecutorFactory
 from engine.llm_engine import Engine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
@@ -26,12 +29,22 @@ class AsyncEngine:
     """Usage::
 
     engine = AsyncEngine(EngineConfig())   # loads the model
+    engine.warm_up([0], SamplingParams(max_tokens=2))  # optional: before serving
     async for out in engine.generate("def f(x):", SamplingParams(max_tokens=16), "req-1"):
         print(out.text)                     # cumulative text so far
+
+    `executor_factory` builds the executor (see engine.executor.ExecutorFactory); None = the
+    local one for tp_size 1, the registered tensor-parallel one otherwise.
     """
 
-    def __init__(self, config: EngineConfig | None = None, engine: Engine | None = None):
-        self.engine = engine or Engine(config or EngineConfig())
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        *,
+        executor_factory: ExecutorFactory | None = None,
+    ):
+        self.engine = Engine(config or EngineConfig(), executor_factory)
+        self._info = self._describe()
         self._streams: dict[str, asyncio.Queue] = {}
         self._pending_aborts: set[str] = set()
         self._wakeup: asyncio.Event | None = None
@@ -41,12 +54,67 @@ class AsyncEngine:
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine-step")
 
     @property
-    def tokenizer(self):
+    def config(self) -> EngineConfig:
+        """The engine's config, resolved against the model (max_model_len is set)."""
+        return self.engine.config
+
+    def info(self) -> EngineInfo:
+        """The loaded model, its limits and its tokenizer's special tokens."""
+        return self._info
+
+    def _describe(self) -> EngineInfo:
+        engine, config, tokenizer = self.engine, self.engine.config, self.engine.tokenizer
+        dtype = getattr(engine.executor.kv_spec, "dtype", None)
+        return EngineInfo(
+            model_path=engine.model_path,
+            device=config.device,
+            dtype=str(dtype).removeprefix("torch.") if dtype is not None else "auto",
+            tp_size=config.tp_size,
+            max_model_len=config.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            vocab_size=engine.hf_config.vocab_size,
+            bos_token_id=tokenizer.bos_token_id if tokenizer is not None else None,
+            eos_token_ids=engine.stop_rule.eos_token_ids,
+            special_token_ids=frozenset(tokenizer.all_special_ids if tokenizer else ()),
+            chat_template=(tokenizer.chat_template or None) if tokenizer is not None else None,
+        )
+
+    # -- tokens -------------------------------------------------------------------------
+    def encode(self, prompt: str) -> list[int]:
+        """The token ids the engine computes for `prompt` (special tokens such as BOS added
+        as the tokenizer does). Raises ValueError when the engine has no tokenizer."""
+        return self.engine.encode(prompt)
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """The prompt ids of a chat: the tokenizer's chat template with the generation
+        prompt added. Raises ValueError when there is no tokenizer or no chat template."""
+        tokenizer = self._tokenizer()
+        if not tokenizer.chat_template:
+            raise ValueError("messages need a chat template, and this model's tokenizer has none")
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # The template already wrote any BOS text: encode without adding special tokens.
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, token_ids: list[int]) -> str:
+        """The text of `token_ids` (a lone token holding part of a UTF-8 character decodes
+        to U+FFFD). Raises ValueError when the engine has no tokenizer."""
+        return self._tokenizer().decode(token_ids)
+
+    def _tokenizer(self):
+        if self.engine.tokenizer is None:
+            raise ValueError("this engine has no tokenizer (skip_tokenizer_init is set)")
         return self.engine.tokenizer
 
-    @property
-    def config(self) -> EngineConfig:
-        return self.engine.config
+    # -- readiness, stats and health ----------------------------------------------------
+    def warm_up(self, prompt: str | list[int], params: SamplingParams) -> None:
+        """Run one generation to completion on the calling thread, so that a server is
+        ready (every lazy initialisation done) before its first request.
+        NOTE: steps the engine synchronously; must run before the first `generate`."""
+        if self._loop_task is not None:
+            raise RuntimeError("warm_up must run before the first generate")
+        self.engine.add_request("warmup", prompt, params)
+        while self.engine.has_unfinished:
+            self.engine.step()
 
     @property
     def is_healthy(self) -> bool:

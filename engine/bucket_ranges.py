@@ -19,6 +19,7 @@ __all__ = [
     "default_range",
     "dim_buckets",
     "dim_min",
+    "is_bucket_values",
 ]
 
 STRATEGIES = ("exponential", "linear")
@@ -93,18 +94,26 @@ def as_dim(name: str, dim: object) -> BucketDim:
         check_int(f"{name}.step", dim.step, 1, "1")
         check_int(f"{name}.max", dim.max, dim.min, f"{name}.min ({dim.min})")
         return dim
-    values = tuple(dim) if isinstance(dim, (list, tuple)) else ()
-    is_valid = (
-        bool(values)
-        and all(_is_int(v) and v >= 1 for v in values)
-        and all(a < b for a, b in itertools.pairwise(values))
-    )
-    if not is_valid:
+    if not is_bucket_values(dim):
         raise ValueError(
             f"{name} must be a BucketRange(min, step, max) or a non-empty, strictly "
             f"increasing list of integers >= 1, got {dim!r}"
         )
-    return values
+    return tuple(dim)
+
+
+def is_bucket_values(values: object) -> bool:
+    """Whether `values` are explicit bucket values: a non-empty list or tuple of strictly
+    increasing integers >= 1.
+
+    >>> is_bucket_values([1, 3, 8]), is_bucket_values((4, 2)), is_bucket_values([True])
+    (True, False, False)
+    """
+    if not isinstance(values, (list, tuple)) or not values:
+        return False
+    return all(_is_int(v) and v >= 1 for v in values) and all(
+        a < b for a, b in itertools.pairwise(values)
+    )
 
 
 def _is_int(value: object) -> bool:

@@ -37,7 +37,7 @@ Prefill drops pairs over the budget: (4, 256) and (8, 128) hold 1024 padded toke
 PrefillBucket(batch_size=4, query_len=64)
 >>> pick_decode_bucket(cfg, batch_size=5, max_blocks=3)
 DecodeBucket(batch_size=8, num_blocks=4, query_len=1)
->>> padding_ratio(real_tokens=3 * 40, padded_tokens=4 * 64)
+>>> padding_fraction(real_tokens=3 * 40, padded_tokens=4 * 64)
 0.53125
 
 Three prompts of up to 200 tokens fit no prefill bucket (4 x 256 is over the budget), so
@@ -78,6 +78,7 @@ from engine.bucket_ranges import (
 )
 
 __all__ = [
+    "BUCKET_DIMS",
     "STRATEGIES",
     "BucketConfig",
     "BucketDim",
@@ -90,7 +91,7 @@ __all__ = [
     "decode_buckets",
     "dim_buckets",
     "length_buckets",
-    "padding_ratio",
+    "padding_fraction",
     "pick_bucket",
     "pick_decode_bucket",
     "pick_prefill_bucket",
@@ -98,7 +99,8 @@ __all__ = [
     "prefill_buckets",
 ]
 
-_DIMS = ("prefill_batch_sizes", "prefill_lengths", "decode_batch_sizes", "decode_num_blocks")
+# The four bucket dimensions of a BucketConfig (the serving config's `buckets` keys).
+BUCKET_DIMS = ("prefill_batch_sizes", "prefill_lengths", "decode_batch_sizes", "decode_num_blocks")
 
 
 class BucketOverflowError(ValueError):
@@ -159,7 +161,7 @@ class BucketConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
-        for name in _DIMS:
+        for name in BUCKET_DIMS:
             # lists become tuples: the config stays hashable (the expansions are cached)
             object.__setattr__(self, name, as_dim(name, getattr(self, name)))
         smallest = dim_min(self.prefill_batch_sizes) * dim_min(self.prefill_lengths)
@@ -318,10 +320,11 @@ def pick_decode_bucket(cfg: BucketConfig, batch_size: int, max_blocks: int) -> D
     )
 
 
-def padding_ratio(real_tokens: int, padded_tokens: int) -> float:
-    """The fraction of a padded step that is padding, in [0, 1].
+def padding_fraction(real_tokens: int, padded_tokens: int) -> float:
+    """The share of a padded step that is padding, in [0, 1] (0 = no padding). Not to be
+    confused with `EngineStats.padding_ratio`: padded tokens per real token, >= 1.
 
-    >>> padding_ratio(48, 64)
+    >>> padding_fraction(48, 64)
     0.25
     """
     check_int("padded_tokens", padded_tokens, 1, "1")

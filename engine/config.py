@@ -1,4 +1,9 @@
-"""Engine configuration: one frozen dataclass, resolved against the model once at load."""
+"""Engine configuration: one frozen dataclass, resolved against the model once at load.
+
+This module is the home of the engine's allowed values and defaults (dtypes, block sizes,
+the max_model_len default); the serving config (deployments.config) derives its choices
+from them. It imports no torch.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,36 @@ from dataclasses import dataclass
 from engine.buckets import BucketConfig
 from engine.speculative.config import SpeculativeConfig
 
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
-BLOCK_SIZE_CHOICES = (8, 16, 32, 64, 128)
+# Dtypes the engine runs weights and activations in: names of torch dtypes (engine.loader
+# maps them). The planner's table (sharding.hardware.DTYPES) also plans fp8.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+DTYPE_CHOICES = ("auto", *DTYPE_NAMES)  # auto: the checkpoint's dtype, as the device allows
+BLOCK_SIZE_CHOICES = (8, 16, 32, 64, 128)  # tokens per KV-cache block
 DEFAULT_MAX_MODEL_LEN_CAP = 4096
+
+
+def resolve_max_model_len(max_model_len: int | None, model_max: int | None) -> int:
+    """The context length an engine runs: `max_model_len` if set (at most the model's
+    `model_max`, its max_position_embeddings), else the model's capped at
+    DEFAULT_MAX_MODEL_LEN_CAP (also when the model states none).
+
+    >>> resolve_max_model_len(None, 131072), resolve_max_model_len(None, 2048)
+    (4096, 2048)
+    >>> resolve_max_model_len(None, None), resolve_max_model_len(8192, 131072)
+    (4096, 8192)
+    >>> resolve_max_model_len(8192, 2048)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: max_model_len 8192 exceeds the model's max_position_embeddings 2048; ...
+    """
+    if max_model_len is None:
+        return min(model_max or DEFAULT_MAX_MODEL_LEN_CAP, DEFAULT_MAX_MODEL_LEN_CAP)
+    if model_max is not None and max_model_len > model_max:
+        raise ValueError(
+            f"max_model_len {max_model_len} exceeds the model's "
+            f"max_position_embeddings {model_max}; allowed: 2..{model_max}"
+        )
+    return max_model_len
 
 
 @dataclass(frozen=True)
@@ -19,7 +51,7 @@ class EngineConfig:
 
     model: a local Hugging Face model directory, or None for the bundled default model.
     max_model_len: prompt + generated tokens per request; None = the model's
-        max_position_embeddings capped at 4096.
+        max_position_embeddings capped at 4096 (resolve_max_model_len).
     kv_cache_tokens: size of the paged KV cache in tokens; None = sized from free memory
         (kv_cache_memory_fraction of it), capped at max_num_seqs * max_model_len.
     max_num_batched_tokens: token budget of one prefill step; longer prompts are chunked.

@@ -1,17 +1,21 @@
 """Executors run a step on the model's rank(s). The local one holds a single ModelRunner
-in this process; the tensor-parallel one (sharding/) drives a group of Ray actors."""
+in this process; others (the tensor-parallel one in sharding/ drives a group of Ray actors)
+come from the caller as an `ExecutorFactory`, or from the entry point group
+`gaudi_serve.executors`, so the engine never imports them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
 from engine.config import EngineConfig
 from engine.devices import Device, MemoryStats, get_device
 from engine.loader import KVSpec, load_config, load_model, resolve_dtype
-from engine.model_input import ModelInput
+from engine.messages import ModelInput, StepOutput
 from engine.model_runner import ModelRunner
-from engine.sampler import SamplerOutput
 
 
 class Executor(Protocol):
@@ -23,7 +27,7 @@ class Executor(Protocol):
 
     def init_kv_cache(self, num_blocks: int) -> None: ...
 
-    def execute(self, inp: ModelInput) -> SamplerOutput: ...
+    def execute(self, inp: ModelInput) -> StepOutput: ...
 
     def warmup(self, inp: ModelInput, capture: bool) -> None: ...
 
@@ -67,7 +71,7 @@ class LocalExecutor:
             return ()
         return getattr(self.device, "graph_kinds", ("prefill", "decode"))
 
-    def execute(self, inp: ModelInput) -> SamplerOutput:
+    def execute(self, inp: ModelInput) -> StepOutput:
         out = self.runner.execute(inp)
         self.device.mark_step()
         return out
@@ -95,11 +99,38 @@ class LocalExecutor:
         self.runner.kv_caches = []
 
 
-def create_executor(config: EngineConfig, model_path: Path) -> Executor:
-    """LocalExecutor for tp_size 1; the tensor-parallel executor (sharding/, Ray actors)
-    otherwise. NOTE: imported lazily so `import engine` never imports Ray."""
-    if config.tp_size == 1:
-        return LocalExecutor(model_path, config.device, config.dtype, config.block_size)
-    from sharding.executor import TPExecutor
+ExecutorFactory = Callable[[EngineConfig, Path], Executor]
+"""Builds the executor of an engine from its config and resolved model directory."""
 
-    return TPExecutor(model_path, config)
+EXECUTOR_ENTRY_POINT_GROUP = "gaudi_serve.executors"
+# the entry point name that provides executors for tp_size > 1
+TENSOR_PARALLEL_EXECUTOR = "tensor_parallel"
+
+
+def create_local_executor(config: EngineConfig, model_path: Path) -> LocalExecutor:
+    """The ExecutorFactory for one rank in this process (tp_size 1)."""
+    return LocalExecutor(model_path, config.device, config.dtype, config.block_size)
+
+
+def default_executor_factory(config: EngineConfig) -> ExecutorFactory:
+    """What builds the executor when the caller gives no factory: the LocalExecutor for
+    tp_size 1, else the factory registered as TENSOR_PARALLEL_EXECUTOR in the entry point
+    group EXECUTOR_ENTRY_POINT_GROUP (the installed gaudi-serve registers sharding's)."""
+    if config.tp_size == 1:
+        return create_local_executor
+    return load_executor_factory(TENSOR_PARALLEL_EXECUTOR)
+
+
+def load_executor_factory(name: str) -> ExecutorFactory:
+    """The ExecutorFactory registered as `name` in the entry point group
+    EXECUTOR_ENTRY_POINT_GROUP. Raises LookupError naming the group and what it holds."""
+    found = entry_points(group=EXECUTOR_ENTRY_POINT_GROUP)
+    matches = [ep for ep in found if ep.name == name]
+    if not matches:
+        raise LookupError(
+            f"no executor factory {name!r} in the entry point group "
+            f"{EXECUTOR_ENTRY_POINT_GROUP!r} (registered: {sorted(ep.name for ep in found)}): "
+            "pass executor_factory=..., or install gaudi-serve (`pip install -e .`), whose "
+            "sharding package registers it"
+        )
+    return matches[0].load()

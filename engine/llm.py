@@ -7,6 +7,7 @@ import itertools
 from tqdm.auto import tqdm
 
 from engine.config import EngineConfig
+from engine.executor import ExecutorFactory
 from engine.llm_engine import Engine
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
@@ -23,10 +24,18 @@ class LLM:
 
     Keyword arguments are EngineConfig fields (device, dtype, max_num_seqs, max_model_len,
     block_size, kv_cache_tokens, kv_cache_memory_fraction, tp_size, ...).
+    `executor_factory` builds the executor (engine.executor.ExecutorFactory); None = the
+    local one for tp_size 1, the registered tensor-parallel one otherwise.
     """
 
-    def __init__(self, model: str | None = None, **engine_args):
-        self.engine = Engine(EngineConfig(model=model, **engine_args))
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        executor_factory: ExecutorFactory | None = None,
+        **engine_args,
+    ):
+        self.engine = Engine(EngineConfig(model=model, **engine_args), executor_factory)
         self._ids = itertools.count()
 
     @property

@@ -1,9 +1,9 @@
 """The synchronous engine of one replica: add requests, step, collect outputs.
 
-One step = the scheduler picks sequences -> the host builds padded inputs -> the executor
-runs the forward and samples on the device -> outputs are processed on the host.
-With speculative decoding (engine.speculative) a decode step becomes a verify step when there are
-proposals: each sequence may emit several tokens, appended one by one through the stops.
+One step = the scheduler picks sequences -> the step strategy builds padded inputs -> the
+executor runs the forward and picks tokens on the device -> outputs are processed on the
+host. A step yields, per row, the tokens it accepted (one for plain decoding; several for a
+speculative verify step, engine.speculative), appended one by one through the stops.
 """
 
 from __future__ import annotations
@@ -11,31 +11,33 @@ from __future__ import annotations
 import logging
 import random
 import time
+from pathlib import Path
 
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from engine.block_manager import BlockManager
-from engine.config import DEFAULT_MAX_MODEL_LEN_CAP, EngineConfig
+from engine.config import EngineConfig, resolve_max_model_len
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import BucketMissError, EmptyPromptError, PromptTooLongError
-from engine.executor import Executor, create_executor
+from engine.executor import ExecutorFactory, default_executor_factory
 from engine.loader import load_config, load_tokenizer, resolve_model_path
-from engine.model_input import build_model_input, dummy_model_input
+from engine.messages import StepOutput
+from engine.model_input import dummy_model_input
 from engine.output_processor import RequestState, StopRule, check_stop, make_output
 from engine.outputs import RequestOutput, TokenLogprob
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput, StepKind
 from engine.sequence import Sequence
 from engine.shapes import StepShape, StepShaper, check_covers
-from engine.speculative.decoder import SpecDecoder, VerifyPlan
 from engine.stats import EngineStats
+from engine.strategy import DecodeStrategy
 
 logger = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, executor: Executor | None = None):
+    def __init__(self, config: EngineConfig, executor_factory: ExecutorFactory | None = None):
         self.model_path = resolve_model_path(config.model)
         self.hf_config = load_config(self.model_path)
         self.tokenizer = None
@@ -44,15 +46,14 @@ class Engine:
         self.config = config = config.replace(max_model_len=self._resolve_max_model_len(config))
         self.shaper = StepShaper(config.bucket_config(), config.block_size)
         check_covers(self.shaper, config.max_model_len)
-        self.executor = executor or create_executor(config, self.model_path)
-        self.spec: SpecDecoder | None = None
+        make_executor = executor_factory or default_executor_factory(config)
+        self.executor = make_executor(config, self.model_path)
         self.warmed: set[StepShape] = set()
         self.warmup_s = 0.0
         try:
-            if config.speculative is not None:
-                self.spec = SpecDecoder.create(
-                    config, self.shaper, self.executor, self.model_path, self.tokenizer
-                )
+            self.strategy: DecodeStrategy = create_strategy(
+                config, self.shaper, self.executor, self.model_path, self.tokenizer
+            )
             num_blocks = self._warm_up_and_size_kv_cache()
         except BaseException:
             # NOTE: a TP executor holds rank actors and /dev/shm buffers: release them now.
@@ -65,7 +66,6 @@ class Engine:
         self.stop_rule = StopRule(self._eos_token_ids(), config.max_model_len)
         self.requests: dict[str, RequestState] = {}
         self._rng = random.Random(config.seed)
-        self._execute_s = 0.0  # the last step's executor time (forward and sampling)
         self._counters = dict.fromkeys(
             ("prefill", "generated", "steps", "misses", "real", "padded"), 0
         )
@@ -73,45 +73,33 @@ class Engine:
     # -- set-up -------------------------------------------------------------------------
     def _resolve_max_model_len(self, config: EngineConfig) -> int:
         model_max = getattr(self.hf_config, "max_position_embeddings", None)
-        if config.max_model_len is None:
-            return min(model_max or DEFAULT_MAX_MODEL_LEN_CAP, DEFAULT_MAX_MODEL_LEN_CAP)
-        if model_max is not None and config.max_model_len > model_max:
-            raise ValueError(
-                f"max_model_len {config.max_model_len} exceeds the model's "
-                f"max_position_embeddings {model_max}; allowed: 2..{model_max}"
-            )
-        return config.max_model_len
+        return resolve_max_model_len(config.max_model_len, model_max)
 
     def _warm_up_and_size_kv_cache(self) -> int:
         """Warm every bucket eagerly on a one-block cache (only the padding block is
         touched), so the activation peak is taken before the KV cache is sized from what
         is left; then allocate the cache and capture graphs, which reference it."""
-        spec, is_warm = self.spec, self.config.warmup
-        query_lens = (1, *spec.verify_query_lens) if spec is not None else (1,)
-        shapes = self.shaper.warmup_shapes(query_lens) if is_warm else []
+        strategy, is_warm = self.strategy, self.config.warmup
+        shapes = self.shaper.warmup_shapes(strategy.decode_query_lens) if is_warm else []
         start = time.perf_counter()
-        self.executor.init_kv_cache(1)
-        if spec is not None:
-            spec.init_kv_cache(1)
+        self._init_kv_cache(1)
         for shape in tqdm(shapes, desc="warmup", disable=None):
             self.executor.warmup(dummy_model_input(shape), capture=False)
-        if spec is not None and is_warm:
-            spec.warmup(capture=False, graph_kinds=())
+        if is_warm:
+            strategy.warmup(capture=False, graph_kinds=())
         num_blocks = self._size_kv_cache()
-        self.executor.init_kv_cache(num_blocks)
-        if spec is not None:
-            spec.init_kv_cache(num_blocks)
+        self._init_kv_cache(num_blocks)
         graph_kinds = self.executor.graph_kinds if self.config.enable_graphs else ()
         captured = [s for s in shapes if s.kind in graph_kinds]
         free_before = self.executor.memory_stats().free_bytes
         for shape in tqdm(captured, desc="capture graphs", disable=None):
             self.executor.warmup(dummy_model_input(shape), capture=True)
-        if spec is not None and is_warm and graph_kinds:
-            spec.warmup(capture=True, graph_kinds=graph_kinds)
+        if is_warm and graph_kinds:
+            strategy.warmup(capture=True, graph_kinds=graph_kinds)
         graph_bytes = free_before - self.executor.memory_stats().free_bytes
         self.warmed = set(shapes)
-        if spec is not None and is_warm and spec.config.adaptive:
-            logger.info("speculative step costs: %s", spec.calibrate(self.executor))
+        if is_warm:
+            strategy.calibrate(self.executor)
         self.warmup_s = time.perf_counter() - start
         if shapes:
             logger.info(
@@ -123,11 +111,13 @@ class Engine:
             )
         return num_blocks
 
+    def _init_kv_cache(self, num_blocks: int) -> None:
+        self.executor.init_kv_cache(num_blocks)
+        self.strategy.init_kv_cache(num_blocks)
+
     def _size_kv_cache(self) -> int:
         cfg = self.config
-        per_token = self.executor.kv_spec.bytes_per_token
-        if self.spec is not None:  # the draft's cache mirrors the target's blocks
-            per_token += self.spec.kv_bytes_per_token
+        per_token = self.executor.kv_spec.bytes_per_token + self.strategy.kv_bytes_per_token
         if cfg.kv_cache_tokens is not None:
             tokens = cfg.kv_cache_tokens
         else:
@@ -208,8 +198,7 @@ class Engine:
             return False
         self.scheduler.abort(state.seq)
         state.seq.finish_reason = "abort"
-        if self.spec is not None:
-            self.spec.release(state.seq)
+        self.strategy.release(state.seq)
         return True
 
     @property
@@ -221,41 +210,19 @@ class Engine:
         """Run one step. Returns outputs of every request that got a token (stream=True) or
         only of those that finished (stream=False)."""
         start = time.perf_counter()
-        k = self.spec.choose_k(self.scheduler.running) if self.spec is not None else 0
+        k = self.strategy.num_lookahead_tokens(self.scheduler.running)
         sched = self.scheduler.schedule(num_lookahead_tokens=k)
         if sched is None:
             return []
-        if self.spec is None or sched.kind is not StepKind.DECODE:
-            return self._run_step(sched, stream)
-        plan = self.spec.plan([item.seq for item in sched.scheduled], k)
-        if plan is None:
-            outputs = self._run_step(sched, stream)
-        else:
-            outputs = self._verify_step(sched, plan, stream)
-        self.spec.on_decode_step(time.perf_counter() - start, self._execute_s)
-        return outputs
-
-    def _run_step(self, sched: SchedulerOutput, stream: bool) -> list[RequestOutput]:
-        shape = self.step_shape(sched)
-        self._account(shape, sched.num_tokens)
-        out = self._execute(build_model_input(sched, self.config.block_size, shape))
-        self._counters["steps"] += 1
-        return self._process(sched, out, stream)
-
-    def _execute(self, inp):
-        start = time.perf_counter()
+        inp = self.strategy.build_input(sched, k)
+        self._account(inp.shape, inp.num_tokens)
+        exec_start = time.perf_counter()
         out = self.executor.execute(inp)
-        self._execute_s = time.perf_counter() - start
-        return out
-
-    def step_shape(self, sched: SchedulerOutput) -> StepShape:
-        bs = self.config.block_size
-        items = sched.scheduled
-        max_blocks = max(-(-(s.seq.num_computed_tokens + s.num_tokens) // bs) for s in items)
-        if sched.kind is StepKind.DECODE:
-            return self.shaper.decode_shape(len(items), max_blocks)
-        max_len = max(s.num_tokens for s in items)
-        return self.shaper.prefill_shape(len(items), max_len, max_blocks)
+        execute_s = time.perf_counter() - exec_start
+        self._counters["steps"] += 1
+        outputs = self._process(sched, out, stream)
+        self.strategy.on_step_end(sched, time.perf_counter() - start, execute_s)
+        return outputs
 
     def _account(self, shape: StepShape, num_real_tokens: int) -> None:
         if shape not in self.warmed:
@@ -268,49 +235,33 @@ class Engine:
         self._counters["real"] += num_real_tokens
         self._counters["padded"] += shape.num_tokens
 
-    def _process(self, sched: SchedulerOutput, out, stream: bool) -> list[RequestOutput]:
-        outputs = []
+    def _process(
+        self, sched: SchedulerOutput, out: StepOutput, stream: bool
+    ) -> list[RequestOutput]:
+        """Append each row's accepted tokens through the stop checks, then release the
+        requests that finished."""
+        done: list[tuple[RequestState, bool]] = []
         for row, item in enumerate(sched.scheduled):
             seq = item.seq
-            is_sampled = item.is_sampled
-            seq.num_computed_tokens += item.num_tokens
             if sched.kind is StepKind.PREFILL:
                 self._counters["prefill"] += item.num_tokens
-            self.block_manager.publish_computed_blocks(seq)
-            if not is_sampled:
+            if not item.is_sampled:  # a prompt chunk short of the end: no token yet
+                seq.num_computed_tokens += item.num_tokens
+                self.block_manager.publish_computed_blocks(seq)
                 continue
-            state = self.requests[seq.request_id]
-            logprobs = [out.logprobs[row]] if out.logprobs is not None else None
-            finished = self._append_tokens(state, [out.token_ids[row]], logprobs)
-            if finished:
-                self._finish(state)
-            elif self.spec is not None:  # free lookahead slots a step without proposals left
-                self.block_manager.trim(seq, seq.num_tokens)
-            if stream or finished:
-                outputs.append(make_output(state, finished=finished))
-        return outputs
-
-    def _verify_step(self, sched: SchedulerOutput, plan: VerifyPlan, stream: bool):
-        """A decode step that verifies proposals: each row emits its accepted proposals and
-        the target's next token, processed one by one so that stops land exactly."""
-        shape = self.spec.verify_shape(plan)
-        self._account(shape, plan.num_tokens)
-        out = self._execute(self.spec.build_input(plan, shape))
-        self._counters["steps"] += 1
-        self.spec.on_verify_step()
-        outputs = []
-        for row, item in enumerate(sched.scheduled):
-            seq = item.seq
             state = self.requests[seq.request_id]
             logprobs = out.logprobs[row] if out.logprobs is not None else None
             finished = self._append_tokens(state, out.token_ids[row], logprobs)
-            if not finished:
-                # KV is valid through the last accepted proposal: up to the new last token.
-                seq.num_computed_tokens = seq.num_tokens - 1
-                self.block_manager.publish_computed_blocks(seq)
+            # Every accepted token but the newest was fed this step (a proposal accepted
+            # is the token fed at its position): KV holds everything before the newest.
+            seq.num_computed_tokens = seq.num_tokens - 1
+            self.block_manager.publish_computed_blocks(seq)
+            if not finished:  # free lookahead slots the row did not use
                 self.block_manager.trim(seq, seq.num_tokens)
-            num_proposed = len(plan.proposals[row])
-            self.spec.on_verified(seq, num_proposed, out.num_accepted[row], plan.sources[row])
+            done.append((state, finished))
+        self.strategy.on_step_output(sched, out)
+        outputs = []
+        for state, finished in done:
             if finished:
                 self._finish(state)
             if stream or finished:
@@ -340,8 +291,7 @@ class Engine:
             seq.finish_reason, seq.stop_reason = "stop", state.detokenizer.matched_stop
         self.scheduler.finish(seq)
         del self.requests[seq.request_id]
-        if self.spec is not None:
-            self.spec.release(seq)
+        self.strategy.release(seq)
 
     def stats(self) -> EngineStats:
         bm, c = self.block_manager, self._counters
@@ -357,19 +307,30 @@ class Engine:
             num_prefill_tokens=c["prefill"],
             num_generated_tokens=c["generated"],
             num_steps=c["steps"],
-            num_bucket_misses=c["misses"] + (self.spec.num_bucket_misses if self.spec else 0),
+            num_bucket_misses=c["misses"] + self.strategy.num_bucket_misses,
             num_real_tokens=c["real"],
             num_padded_tokens=c["padded"],
             num_graph_replays=runner["num_graph_replays"],
             num_eager_runs=runner["num_eager_runs"],
             num_warmed_shapes=len(self.warmed),
             warmup_s=self.warmup_s,
-            **(self.spec.stats() if self.spec is not None else {}),
+            **self.strategy.stats(),
         )
 
     def shutdown(self) -> None:
         for request_id in list(self.requests):
             self.abort_request(request_id)
-        if self.spec is not None:
-            self.spec.shutdown()
+        self.strategy.shutdown()
         self.executor.shutdown()
+
+
+def create_strategy(
+    config: EngineConfig, shaper: StepShaper, executor, target_path: Path, tokenizer
+) -> DecodeStrategy:
+    """Plain decoding, or speculative decoding when config.speculative is set (imported
+    only then: it may load a draft model)."""
+    if config.speculative is None:
+        return DecodeStrategy(shaper)
+    from engine.speculative.strategy import SpeculativeDecoding
+
+    return SpeculativeDecoding.create(config, shaper, executor, target_path, tokenizer)

@@ -6,21 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from engine.attention import ATTN_IMPLEMENTATION
-from engine.errors import UnsupportedModelError
+from engine.config import DTYPE_NAMES
+from engine.families import check_tp_size, get_family
 
-# model_type -> family name; each is tested token-identical to transformers' generate.
-SUPPORTED_MODEL_TYPES = {
-    "llama": "Llama",
-    "mistral": "Mistral",
-    "qwen2": "Qwen2",
-    "qwen3": "Qwen3",
-    "gemma": "Gemma",
-    "phi3": "Phi-3",
-}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# engine.config.DTYPE_NAMES -> torch dtype
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def resolve_model_path(model: str | Path | None) -> Path:
@@ -39,12 +32,9 @@ def resolve_model_path(model: str | Path | None) -> Path:
 
 
 def load_config(path: Path) -> PretrainedConfig:
+    """The model's config; UnsupportedModelError unless its family is in engine.families."""
     config = AutoConfig.from_pretrained(path)
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        supported = ", ".join(f"{v} ({k})" for k, v in SUPPORTED_MODEL_TYPES.items())
-        raise UnsupportedModelError(
-            f"model_type {config.model_type!r} of {path} is not supported; supported: {supported}"
-        )
+    get_family(config.model_type, where=path)
     return config
 
 
@@ -59,6 +49,9 @@ class KVSpec:
 
     @classmethod
     def from_config(cls, config: PretrainedConfig, dtype: torch.dtype, tp_size: int = 1):
+        """Raises for a tp_size the model cannot be split by: one that does not divide its
+        KV heads, or > 1 for a family tensor parallelism does not run."""
+        check_tp_size(config.model_type, tp_size)
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -77,17 +70,20 @@ class KVSpec:
 
 def resolve_dtype(name: str, config: PretrainedConfig, device) -> torch.dtype:
     if name != "auto":
-        return DTYPES[name]
+        return TORCH_DTYPES[name]
     config_dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(config_dtype, str):
-        config_dtype = DTYPES.get(config_dtype)
+        config_dtype = TORCH_DTYPES.get(config_dtype)
     return device.default_dtype(config_dtype)
 
 
 def load_model(path: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    model = AutoModelForCausalLM.from_pretrained(
+    """The model with its weights, built by its family's class and `patch_model` hook."""
+    family = get_family(AutoConfig.from_pretrained(path).model_type)
+    model = family.model_class().from_pretrained(
         path, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION
     )
+    model = family.patch_model(model)
     return model.to(device).eval().requires_grad_(False)
 
 

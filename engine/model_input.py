@@ -1,4 +1,5 @@
-"""Host side of a step: turn the scheduler's decision into padded CPU tensors.
+"""Host side of a step: turn the scheduler's decision into padded CPU tensors (the message
+types themselves live in engine.messages).
 
 Rows are left-padded to a common query length, so the last column is every row's last
 token and `logits_to_keep=1` yields exactly the logits to sample from. Padding tokens
@@ -8,88 +9,48 @@ real sequence. The runner moves these tensors to the device (`prepare_*`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from engine.block_manager import PADDING_BLOCK_ID
-from engine.scheduler import SchedulerOutput
-from engine.shapes import StepShape
-
-if TYPE_CHECKING:
-    from engine.speculative.verify import VerifyInput
-
-
-@dataclass
-class SamplingInput:
-    """Per-row sampling parameters, [batch] each (history: [batch, max_len], -1 padded)."""
-
-    temperature: torch.Tensor
-    top_k: torch.Tensor
-    top_p: torch.Tensor
-    repetition_penalty: torch.Tensor
-    seeds: torch.Tensor
-    counters: torch.Tensor  # how many tokens the row's request has generated so far
-    history: torch.Tensor | None
-    num_logprobs: int  # the largest top-n asked in the batch; 0 = none
-    want_logprobs: bool
-    is_all_greedy: bool
-    needs_filters: bool  # any top-k / top-p
-
-    def to(self, device: torch.device, num_rows: int) -> SamplingInput:
-        """The first num_rows rows (the real ones), on device."""
-
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[:num_rows].to(device, non_blocking=True)
-
-        return SamplingInput(
-            temperature=move(self.temperature),
-            top_k=move(self.top_k),
-            top_p=move(self.top_p),
-            repetition_penalty=move(self.repetition_penalty),
-            seeds=move(self.seeds),
-            counters=move(self.counters),
-            history=move(self.history),
-            num_logprobs=self.num_logprobs,
-            want_logprobs=self.want_logprobs,
-            is_all_greedy=self.is_all_greedy,
-            needs_filters=self.needs_filters,
-        )
+from engine.messages import FeedRow, ModelInput, SamplingInput
+from engine.scheduler import SchedulerOutput, StepKind
+from engine.sequence import Sequence
+from engine.shapes import StepShape, StepShaper
 
 
-@dataclass
-class ModelInput:
-    kind: str  # "prefill" | "decode"
-    input_ids: torch.Tensor  # [batch, query_len]
-    positions: torch.Tensor  # [batch, query_len]
-    slot_mapping: torch.Tensor  # [batch * query_len]
-    block_tables: torch.Tensor  # [batch, num_blocks]
-    sampling: SamplingInput
-    num_seqs: int  # real rows; rows past it are padding
-    shape: StepShape
-    # A speculative verify step: the proposals to accept or reject (engine.speculative.verify).
-    verify: VerifyInput | None = None
+class SamplingRow(NamedTuple):
+    """One sampled position: seq's parameters, with `extra` tokens after seq's own (the
+    query tokens before this position) and the counter advanced by `offset`."""
+
+    seq: Sequence
+    extra: list[int]
+    offset: int
 
 
-class FeedRow(NamedTuple):
-    """One row of a step: token_ids fed at positions start, start + 1, ... of a sequence
-    whose KV lives in block_table. A row of no tokens is padding."""
+def step_shape(sched: SchedulerOutput, shaper: StepShaper) -> StepShape:
+    """The bucket of a scheduled step: each row feeds its scheduled tokens."""
+    bs = shaper.block_size
+    items = sched.scheduled
+    max_blocks = max(-(-(s.seq.num_computed_tokens + s.num_tokens) // bs) for s in items)
+    if sched.kind is StepKind.DECODE:
+        return shaper.decode_shape(len(items), max_blocks)
+    max_len = max(s.num_tokens for s in items)
+    return shaper.prefill_shape(len(items), max_len, max_blocks)
 
-    token_ids: list[int]
-    start: int
-    block_table: list[int]
 
-
-def build_model_input(sched: SchedulerOutput, block_size: int, shape: StepShape) -> ModelInput:
-    """Rows past the scheduled ones, and columns left of each row's tokens, are padding."""
+def build_model_input(sched: SchedulerOutput, shaper: StepShaper) -> ModelInput:
+    """The padded input of a scheduled step, at its bucket (`step_shape`)."""
+    shape = step_shape(sched, shaper)
     rows = []
     for item in sched.scheduled:
         seq, start = item.seq, item.seq.num_computed_tokens
         rows.append(FeedRow(seq.token_ids[start : start + item.num_tokens], start, seq.block_table))
-    return build_feed_input(
-        sched.kind.value, rows, block_size, shape, build_sampling_input(sched, shape.batch_size)
+    sampling = rows_sampling_input(
+        [SamplingRow(s.seq, [], 0) for s in sched.scheduled], shape.batch_size
     )
+    return build_feed_input(sched.kind.value, rows, shaper.block_size, shape, sampling)
 
 
 def build_feed_input(
@@ -122,29 +83,36 @@ def build_feed_input(
         sampling=sampling,
         num_seqs=len(rows),
         shape=shape,
+        num_tokens=sum(len(r.token_ids) for r in rows),
     )
 
 
-def build_sampling_input(sched: SchedulerOutput, batch: int) -> SamplingInput:
-    seqs = [item.seq for item in sched.scheduled]
-    pad = batch - len(seqs)
-    params = [s.params for s in seqs]
+def rows_sampling_input(
+    rows: list[SamplingRow], batch: int, history_slack: int = 0
+) -> SamplingInput:
+    """SamplingInput of `rows` padded to `batch` rows (greedy padding). The repetition
+    penalty's history (if any row has one) gets history_slack spare columns (-1) for
+    tokens the caller appends on the device."""
+    pad = batch - len(rows)
+    params = [r.seq.params for r in rows]
     penalties = [p.repetition_penalty for p in params]
     history = None
-    if any(r != 1.0 for r in penalties):
-        width = max(s.num_tokens for s in seqs)
+    if any(p != 1.0 for p in penalties):
+        width = max(r.seq.num_tokens + len(r.extra) for r in rows) + history_slack
         history = torch.full((batch, width), -1, dtype=torch.long)
-        for row, s in enumerate(seqs):
-            if s.params.repetition_penalty != 1.0:
-                history[row, : s.num_tokens] = torch.tensor(s.token_ids, dtype=torch.long)
+        for i, r in enumerate(rows):
+            if r.seq.params.repetition_penalty != 1.0:
+                tokens = r.seq.token_ids + r.extra
+                history[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     logprobs = [p.logprobs for p in params if p.logprobs is not None]
+    counters = [r.seq.num_output_tokens + r.offset for r in rows]
     return SamplingInput(
         temperature=torch.tensor([p.temperature for p in params] + [0.0] * pad),
         top_k=torch.tensor([p.top_k for p in params] + [0] * pad, dtype=torch.long),
         top_p=torch.tensor([p.top_p for p in params] + [1.0] * pad),
         repetition_penalty=torch.tensor(penalties + [1.0] * pad),
-        seeds=torch.tensor([s.seed for s in seqs] + [0] * pad, dtype=torch.long),
-        counters=torch.tensor([s.num_output_tokens for s in seqs] + [0] * pad, dtype=torch.long),
+        seeds=torch.tensor([r.seq.seed for r in rows] + [0] * pad, dtype=torch.long),
+        counters=torch.tensor(counters + [0] * pad, dtype=torch.long),
         history=history,
         num_logprobs=max(logprobs, default=0),
         want_logprobs=bool(logprobs),
@@ -156,9 +124,6 @@ def build_sampling_input(sched: SchedulerOutput, batch: int) -> SamplingInput:
 def dummy_model_input(shape: StepShape) -> ModelInput:
     """An all-padding step of `shape` (warmup and graph capture): reads and writes only
     the padding block, and samples greedily."""
-    from engine.scheduler import StepKind
-
-    empty = SchedulerOutput(StepKind(shape.kind), [])
-    inp = build_model_input(empty, 1, shape)
+    inp = build_feed_input(shape.kind, [], 1, shape, rows_sampling_input([], shape.batch_size))
     inp.num_seqs = shape.batch_size
     return inp

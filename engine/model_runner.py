@@ -10,10 +10,9 @@ import torch
 from engine.attention import PagedMetadata
 from engine.devices import Device
 from engine.loader import KVSpec
-from engine.model_input import ModelInput, SamplingInput
-from engine.sampler import SamplerOutput, sample
+from engine.messages import ModelInput, SamplingInput, StepOutput
+from engine.sampler import sample
 from engine.shapes import StepShape
-from engine.speculative.verify import VerifyOutput, verify
 
 
 class ModelRunner:
@@ -79,8 +78,8 @@ class ModelRunner:
 
     @staticmethod
     def num_logits(shape: StepShape) -> int:
-        """Logits kept per row: the last position of a prefill chunk; every position of a
-        decode-like step (1 for plain decode, k + 1 for a speculative verify step)."""
+        """Logits kept per row: the last position of a prefill chunk; every query position
+        of a decode step (one for plain decoding; a `TokenSelector` may use them all)."""
         return shape.query_len if shape.kind == "decode" else 1
 
     @torch.inference_mode()
@@ -99,14 +98,17 @@ class ModelRunner:
         return logits[: inp.num_seqs]
 
     @torch.inference_mode()
-    def execute(self, inp: ModelInput) -> SamplerOutput | VerifyOutput:
+    def execute(self, inp: ModelInput) -> StepOutput:
+        """The forward, then each row's tokens: the input's selector decides when it has
+        one, else plain sampling of the last query position."""
         logits = self.run_logits(inp)
         # NOTE: a step boundary between forward and sampling keeps each bucket's lazy-mode
         # graph independent of the sampling path the batch takes (HPU; no-op elsewhere).
         self.device.mark_step()
-        if inp.verify is not None:
-            return verify(logits, inp.verify.to(self.device.torch_device, inp.num_seqs))
-        return sample(logits[:, -1, :], self.prepare_sampling(inp.sampling, inp.num_seqs))
+        if inp.selector is not None:
+            return inp.selector.to(self.device.torch_device, inp.num_seqs).select(logits)
+        sampling = self.prepare_sampling(inp.sampling, inp.num_seqs)
+        return sample(logits[:, -1, :], sampling).as_step_output()
 
     @torch.inference_mode()
     def warmup(self, inp: ModelInput, capture: bool) -> None:

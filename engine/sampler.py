@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.model_input import SamplingInput
+from engine.messages import SamplingInput, StepOutput, TokenLogprobs
 
 _MASK32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
@@ -20,9 +20,15 @@ _GOLDEN = 0x9E3779B9
 
 @dataclass
 class SamplerOutput:
+    """One sampled token per row and, when any row asked, its `TokenLogprobs`."""
+
     token_ids: list[int]
-    # Per row: (sampled token's logprob, top-n [(token, logprob)]) or None if not asked.
-    logprobs: list[tuple[float, list[tuple[int, float]]] | None] | None = None
+    logprobs: list[TokenLogprobs] | None = None
+
+    def as_step_output(self) -> StepOutput:
+        """The step contract's form: each row accepted its one token."""
+        logprobs = None if self.logprobs is None else [[lp] for lp in self.logprobs]
+        return StepOutput([[t] for t in self.token_ids], logprobs)
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:

@@ -85,8 +85,9 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
 
     def schedule(self, num_lookahead_tokens: int = 0) -> SchedulerOutput | None:
-        """The next step. num_lookahead_tokens: slots a decode step reserves past each
-        sequence's next token where free blocks allow (speculative proposals)."""
+        """The next step. num_lookahead_tokens: query tokens each decode row may feed past
+        its next one (the step strategy's choice): a decode step reserves slots for them
+        where free blocks allow, never preempting; the engine trims what a row left."""
         return self._schedule_prefill() or self._schedule_decode(num_lookahead_tokens)
 
     def _schedule_prefill(self) -> SchedulerOutput | None:

@@ -1,6 +1,7 @@
 """Tensor parallelism: a TP group of Ray worker actors running a DeepSpeed-AutoTP-sharded
-model (sharding.executor), the per-rank pieces it is built from (dist, autotp, loading,
-worker) and the planner that picks the TP degree (sharding.planner).
+model (sharding.executor), the executor factory callers hand the engine
+(sharding.factory.create_executor), the per-rank pieces it is built from (dist, autotp,
+loading, worker) and the planner that picks the TP degree (sharding.planner).
 
 Names are imported on first use, so `import sharding` (the planner CLI) loads neither Ray
 nor DeepSpeed.
@@ -13,6 +14,7 @@ import importlib
 # public name -> defining module
 _EXPORTS = {
     "TPExecutor": "sharding.executor",
+    "create_executor": "sharding.factory",
     "TPWorker": "sharding.worker",
     "RankLoadStats": "sharding.worker",
     "RankStats": "sharding.worker",

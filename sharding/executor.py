@@ -13,7 +13,7 @@ Usage (the engine does this when `tp_size > 1`)::
 
     executor = TPExecutor(Path("/models/llama"), EngineConfig(tp_size=2))
     executor.init_kv_cache(num_blocks)
-    out = executor.execute(model_input)  # SamplerOutput from rank 0
+    out = executor.execute(model_input)  # StepOutput from rank 0
     executor.shutdown()
 """
 
@@ -40,13 +40,12 @@ from ray.util.scheduling_strategies import (
 )
 
 from cluster.ray_env import ensure_ray
+from cluster.resources import card_resource
 from engine.config import EngineConfig
 from engine.devices import MemoryStats, resolve_device_name
 from engine.errors import EngineDeadError
 from engine.loader import KVSpec, load_config
-from engine.model_input import ModelInput
-from engine.sampler import SamplerOutput
-from engine.speculative.verify import VerifyOutput
+from engine.messages import ModelInput, StepOutput
 from sharding.dist import GroupAddress, remove_shm_buffers
 from sharding.worker import (
     RankLoadStats,
@@ -64,8 +63,6 @@ logger = logging.getLogger(__name__)
 
 # Ranks are named actors, `gaudi-serve-tp-<group id>-rank<r>`: visible in `ray list actors`.
 WORKER_NAME_PREFIX = "gaudi-serve-tp-"
-# device name -> Ray resource of one card (None: the rank takes a CPU share only)
-CARD_RESOURCES = {"cpu": None, "cuda": "GPU", "hpu": "HPU"}
 _RemoteWorker = ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"watch": 1})(
     TPWorker
 )
@@ -169,7 +166,7 @@ class TPExecutor:
                 )
             self._pg = current
             return specs[: self.tp_size]
-        card = CARD_RESOURCES[self.device_name]
+        card = card_resource(self.device_name)  # None: the rank takes a CPU share only
         bundle = {"CPU": num_cpus_per_rank} | ({card: 1.0} if card else {})
         self._pg = placement_group([dict(bundle)] * self.tp_size, strategy="STRICT_PACK")
         self._owns_pg = True
@@ -231,8 +228,8 @@ class TPExecutor:
         """The rank with the least free memory."""
         return min(self._call_all("memory_stats", (), 60.0), key=lambda m: m.free_bytes)
 
-    def execute(self, inp: ModelInput) -> SamplerOutput | VerifyOutput:
-        """One step on every rank; returns rank 0's sampled tokens (or verify result).
+    def execute(self, inp: ModelInput) -> StepOutput:
+        """One step on every rank; returns rank 0's accepted tokens per row.
         Raises EngineDeadError when a rank died or the step took longer than
         step_timeout_s."""
         if self._dead_reason is not None:

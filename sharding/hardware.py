@@ -97,6 +97,9 @@ class DtypeSpec:
     unquantized_bytes: int
 
 
+# The dtypes the planner sizes: every dtype the engine runs (engine.config.DTYPE_NAMES, the
+# home of the runtime choices; tests/sharding/test_planner.py checks each is here) and fp8,
+# which it plans ahead of the engine.
 DTYPES: dict[str, DtypeSpec] = {
     spec.name: spec
     for spec in (

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, PretrainedConfig
+from transformers import PretrainedConfig
 
 from engine.attention import ATTN_IMPLEMENTATION
+from engine.families import get_family
 
 __all__ = ["LoadReport", "build_meta_model", "load_rank_weights", "weight_files"]
 
@@ -49,11 +50,19 @@ class _Piece:
 
 
 def build_meta_model(hf_config: PretrainedConfig, dtype: torch.dtype) -> torch.nn.Module:
-    """The model with every parameter and buffer on the meta device: no memory, no init."""
+    """The model with every parameter and buffer on the meta device: no memory, no init.
+
+    Built as engine.loader builds it on one device: by its family's transformers class
+    (engine.families), then the family's `patch_model` hook, here before AutoTP shards it
+    (modules it swaps in are built on meta too). UnsupportedModelError for an unknown family.
+    """
+    family = get_family(hf_config.model_type)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(
+        # `_from_config` is what AutoModelForCausalLM.from_config calls on the class it picks
+        model = family.model_class()._from_config(
             hf_config, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION
         )
+        model = family.patch_model(model)
     return model.eval().requires_grad_(False)
 
 

@@ -10,11 +10,17 @@ import pathlib
 from dataclasses import dataclass
 from typing import Any
 
+from engine.families import FAMILIES
+
 __all__ = ["ModelSpec"]
 
-# transformers' per-class default for tie_word_embeddings when config.json omits it; the
-# base PretrainedConfig default (True) applies to every other model_type.
-_TIED_DEFAULTS = {"llama": False, "mistral": False, "mixtral": False, "qwen2": False}
+# transformers' per-class default for tie_word_embeddings when config.json omits it: the
+# engine's families (engine.families), and families the planner sizes before the engine
+# runs them; the base PretrainedConfig default (True) applies to every other model_type.
+_TIED_DEFAULTS = {
+    **{model_type: family.is_tied_by_default for model_type, family in FAMILIES.items()},
+    "mixtral": False,
+}
 
 
 @dataclass(frozen=True)

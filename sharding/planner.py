@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
 
+from engine.config import EngineConfig
 from sharding.hardware import CardSpec, GiB, get_card, get_dtype
 from sharding.model_spec import ModelSpec
 
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 LOGITS_BYTES = 4  # sampling reads fp32 logits
+# The prefill token budget of one step: the engine's default unless the caller plans another.
+DEFAULT_MAX_NUM_BATCHED_TOKENS = EngineConfig.__dataclass_fields__["max_num_batched_tokens"].default
 
 
 class Verdict(str, Enum):
@@ -222,7 +225,7 @@ def plan(
     memory_utilization: float = 0.9,
     cards_per_node: int = 8,
     kv_cache_dtype: str | None = None,
-    max_num_batched_tokens: int = 2048,
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
 ) -> Plan:
     """Pick the smallest TP degree that holds the weights and concurrency * max_model_len
     tokens of KV cache on one node of ``card``; see the module docstring for the formulas.

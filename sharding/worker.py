@@ -20,12 +20,11 @@ import numpy as np
 import ray
 import torch
 
+from cluster.resources import assigned_card_ids
 from engine.devices import MemoryStats, get_device
 from engine.loader import KVSpec, load_config, resolve_dtype
-from engine.model_input import ModelInput
+from engine.messages import ModelInput, StepOutput
 from engine.model_runner import ModelRunner
-from engine.sampler import SamplerOutput
-from engine.speculative.verify import VerifyOutput
 from sharding.dist import (
     VISIBLE_DEVICES,
     GroupAddress,
@@ -107,7 +106,7 @@ class RankSetup:
 class RankStepResult:
     """Rank 0's answer to a step: what the runner returned and its counters after it."""
 
-    output: SamplerOutput | VerifyOutput
+    output: StepOutput
     runner_stats: dict[str, int]
 
 
@@ -128,9 +127,8 @@ class TPWorker:
 
     def placement(self) -> RankPlacement:
         ctx = ray.get_runtime_context()
-        ids = ctx.get_accelerator_ids()
-        accelerator_ids = tuple(ids.get("GPU") or ids.get("HPU") or ())
-        return RankPlacement(ctx.get_node_id(), os.getpid(), find_free_port(), accelerator_ids)
+        card_ids = assigned_card_ids(ctx.get_accelerator_ids())
+        return RankPlacement(ctx.get_node_id(), os.getpid(), find_free_port(), card_ids)
 
     def setup(self, spec: RankSpec) -> RankSetup:
         """Join the group, build the model on meta, shard it, load this rank's slices."""

@@ -4,7 +4,8 @@
     gaudi-serve config render serve.yaml --accelerator gaudi | kubectl apply -f -
     gaudi-serve config render serve.yaml --kustomize k8s/
 
-`check` validates the file and prints a summary of the models (exit 0), or prints every
+`check` validates the file, and what it can tell without a cluster (a tp_size the local
+model's KV heads do not allow), and prints a summary of the models (exit 0), or prints every
 problem, one per line, and exits 2. `render` validates it the same way (model folders need
 not exist here) and prints it as Kubernetes manifests (a ConfigMap holding the config and a
 KubeRay RayService, see deployments.k8s), writes them to -o OUT, or writes a kustomize tree
@@ -20,13 +21,24 @@ from pathlib import Path
 
 import yaml
 
+from cluster.commands.preflight import static_problems
 from deployments import k8s
 from deployments.config import ConfigError, ModelConfig, ServeConfig, load_config
-from deployments.k8s_kustomize import render_kustomize_tree
+from deployments.k8s.kustomize import render_kustomize_tree
 
 EXIT_INVALID = 2
 ACTIONS = ("check", "render")
-RENDER_OPTIONS = ("image", "accelerator", "namespace", "name", "output", "kustomize")
+RENDER_OPTIONS = (
+    "image",
+    "accelerator",
+    "namespace",
+    "name",
+    "output",
+    "kustomize",
+    "model_volume",
+    "cpus_per_card",
+    "memory_per_card",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +59,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     render.add_argument("--namespace", metavar="NS", help="namespace of every object")
     render.add_argument("--name", help=f"name of the RayService (default {k8s.DEFAULT_NAME})")
+    render.add_argument(
+        "--model-volume",
+        metavar="pvc:CLAIM[:MOUNT]|hostPath:/PATH[:MOUNT]",
+        help="mount the model weights read-only in every pod, at MOUNT "
+        f"(default {k8s.DEFAULT_MODEL_MOUNT}); model paths in the config lie under it",
+    )
+    render.add_argument(
+        "--cpus-per-card",
+        type=int,
+        metavar="N",
+        help="CPU cores a worker pod asks for per card (default: the accelerator's)",
+    )
+    render.add_argument(
+        "--memory-per-card",
+        type=int,
+        metavar="GIB",
+        help="memory in GiB a worker pod asks for per card (default: the accelerator's)",
+    )
     where = render.add_mutually_exclusive_group()
     where.add_argument("-o", "--output", metavar="OUT", help="write the manifests to OUT")
     where.add_argument(
@@ -58,7 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "check":
-        given = [f"--{o}" for o in RENDER_OPTIONS if getattr(args, o, None) is not None]
+        given = [
+            f"--{o.replace('_', '-')}" for o in RENDER_OPTIONS if getattr(args, o, None) is not None
+        ]
         if given:
             print(f"config check: {', '.join(given)} only apply to render", file=sys.stderr)
             return EXIT_INVALID
@@ -68,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         return _report(args.file, exc.problems)
     if args.action == "render":
         return _render(config, args)
+    problems = static_problems(config)
+    if problems:
+        return _report(args.file, problems)
     print(summarize(config, args.file))
     return 0
 
@@ -109,11 +144,15 @@ def _render_options(args: argparse.Namespace) -> tuple[k8s.K8sOptions | None, li
     if args.kustomize is not None and args.accelerator is not None:
         problems.append("--accelerator does not apply with --kustomize (it renders them all)")
     try:
+        volume = None if args.model_volume is None else k8s.ModelVolume.parse(args.model_volume)
         options = k8s.K8sOptions(
             accelerator=args.accelerator or k8s.DEFAULT_ACCELERATOR,
             image=args.image,
             namespace=args.namespace,
             name=args.name or k8s.DEFAULT_NAME,
+            model_volume=volume,
+            cpus_per_card=args.cpus_per_card,
+            memory_gib_per_card=args.memory_per_card,
         )
     except ValueError as exc:
         return None, [*problems, f"--{exc}"]

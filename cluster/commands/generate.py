@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine import LLM, SamplingParams
+    from sharding.factory import create_executor
 
     try:
         params = SamplingParams(
@@ -32,7 +33,13 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             stop=args.stop,
         )
-        llm = LLM(args.model, device=args.device, dtype=args.dtype, tp_size=args.tp)
+        llm = LLM(
+            args.model,
+            executor_factory=create_executor,
+            device=args.device,
+            dtype=args.dtype,
+            tp_size=args.tp,
+        )
     except (ValueError, FileNotFoundError) as exc:
         print(f"gaudi-serve generate: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ card or dtype, a refused --tp, a missing config.json).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from typing import TYPE_CHECKING
@@ -25,7 +26,14 @@ EXIT_BAD_INPUT = 2
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sharding.hardware import CARD_CHOICES, DTYPE_CHOICES
+    from sharding.planner import plan
 
+    # the planner's own defaults: one home for them
+    default = {
+        name: param.default
+        for name, param in inspect.signature(plan).parameters.items()
+        if param.default is not inspect.Parameter.empty
+    }
     parser.add_argument(
         "--model",
         nargs="+",
@@ -38,22 +46,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=["gaudi2"],
         help=f"card type(s), from {list(CARD_CHOICES)} (default: gaudi2)",
     )
-    parser.add_argument("--dtype", default="bfloat16", help=f"weights, from {list(DTYPE_CHOICES)}")
+    parser.add_argument(
+        "--dtype", default=default["dtype"], help=f"weights, from {list(DTYPE_CHOICES)}"
+    )
     parser.add_argument(
         "--kv-cache-dtype", default=None, help="default: bfloat16 for fp8 weights, else --dtype"
     )
-    parser.add_argument("--max-model-len", type=int, default=8192, help="tokens per sequence")
     parser.add_argument(
-        "--concurrency", type=int, default=1, help="sequences at max-model-len held at once"
+        "--max-model-len", type=int, default=default["max_model_len"], help="tokens per sequence"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=default["concurrency"],
+        help="sequences at max-model-len held at once",
     )
     parser.add_argument("--tp", type=int, default=None, help="evaluate this TP degree")
     parser.add_argument(
         "--cpu-memory-gb", type=float, default=None, help="host memory for --card cpu, in GB"
     )
-    parser.add_argument("--memory-utilization", type=float, default=0.9)
-    parser.add_argument("--cards-per-node", type=int, default=8)
+    parser.add_argument("--memory-utilization", type=float, default=default["memory_utilization"])
+    parser.add_argument("--cards-per-node", type=int, default=default["cards_per_node"])
     parser.add_argument(
-        "--max-num-batched-tokens", type=int, default=2048, help="prefill tokens per step"
+        "--max-num-batched-tokens",
+        type=int,
+        default=default["max_num_batched_tokens"],
+        help="prefill tokens per step",
     )
     parser.add_argument("--json", action="store_true", help="print the plan(s) as JSON")
 

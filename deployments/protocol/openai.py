@@ -35,7 +35,7 @@ from deployments.protocol.shared import (
 )
 
 if TYPE_CHECKING:
-    from engine.sampling_params import SamplingParams
+    from engine import SamplingParams
 
 MAX_N = 16
 MAX_PROMPTS = 256  # prompts in one /v1/completions request

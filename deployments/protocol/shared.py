@@ -3,14 +3,12 @@ the one place request fields become the engine's SamplingParams."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from deployments.protocol.errors import ApiError
-
-if TYPE_CHECKING:
-    from engine.sampling_params import SamplingParams
+from engine import SamplingParams
 
 MAX_STOP_SEQUENCES = 16
 MAX_SEED = 2**63 - 1  # SamplingParams takes seeds in [0, 2**63)
@@ -61,10 +59,6 @@ def reject_unsupported(field: str, value: Any, neutral: tuple[Any, ...], hint: s
 
 def build_sampling_params(**kwargs: Any) -> SamplingParams:
     """SamplingParams(**kwargs), with its ValueError turned into a 400 naming the field."""
-    # NOTE: imported here, not at the top: the `engine` package imports torch, and these
-    # models must stay importable without it (config.py, light ingress processes).
-    from engine.sampling_params import SamplingParams
-
     try:
         return SamplingParams(**kwargs)
     except ValueError as exc:

@@ -27,7 +27,7 @@ from deployments.protocol.shared import (
 )
 
 if TYPE_CHECKING:
-    from engine.sampling_params import SamplingParams
+    from engine import SamplingParams
 
 DEFAULT_MAX_NEW_TOKENS = 100  # TGI 2.x's default
 MAX_TOP_N_TOKENS = 5  # TGI's default --max-top-n-tokens

@@ -32,12 +32,17 @@ import torch
 from engine.devices import Device
 from engine.errors import BucketMissError
 from engine.loader import KVSpec, load_config, load_model, resolve_dtype
-from engine.model_input import FeedRow, ModelInput, build_feed_input, dummy_model_input
+from engine.messages import FeedRow, ModelInput
+from engine.model_input import (
+    SamplingRow,
+    build_feed_input,
+    dummy_model_input,
+    rows_sampling_input,
+)
 from engine.model_runner import ModelRunner
 from engine.sampler import process_logits, race
 from engine.sequence import Sequence
 from engine.shapes import StepShape, StepShaper
-from engine.speculative.inputs import SamplingRow, rows_sampling_input
 from engine.speculative.proposer import DRAFT, Proposals
 from engine.speculative.verify import DRAFT_SALT
 
@@ -45,7 +50,7 @@ SYNC_QUERY_LEN = 2  # tokens a sync step feeds per row, at most
 
 
 class DraftProposer:
-    """The `Proposer` of method "draft" (see engine.speculative.decoder)."""
+    """The `Proposer` of method "draft" (see engine.speculative.strategy)."""
 
     def __init__(
         self,
@@ -195,6 +200,7 @@ class DraftProposer:
                 sampling=sampling,
                 num_seqs=len(seqs),
                 shape=step_shape,
+                num_tokens=sum(n > i for n in budgets),  # rows still within their budget
             )
             tokens, probs = _draw(self._run(step)[:, -1], sampling, i)
             all_tokens.append(tokens)

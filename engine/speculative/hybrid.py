@@ -21,7 +21,7 @@ from engine.speculative.proposer import DRAFT, NGRAM, Proposals
 
 
 class HybridProposer:
-    """The `Proposer` of method "hybrid" (see engine.speculative.decoder)."""
+    """The `Proposer` of method "hybrid" (see engine.speculative.strategy)."""
 
     def __init__(self, ngram: NgramProposer, draft: DraftProposer):
         self.ngram = ngram

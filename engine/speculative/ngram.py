@@ -38,7 +38,7 @@ def propose_ngram(token_ids: list[int], num_tokens: int, min_n: int, max_n: int)
 
 
 class NgramProposer:
-    """The `Proposer` of method "ngram" (see engine.speculative.decoder)."""
+    """The `Proposer` of method "ngram" (see engine.speculative.strategy)."""
 
     def __init__(self, min_n: int, max_n: int):
         self.min_n = min_n

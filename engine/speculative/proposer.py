@@ -1,4 +1,4 @@
-"""What every proposer gives the decoder: up to a budget of tokens per sequence."""
+"""What every proposer gives the strategy: up to a budget of tokens per sequence."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.model_input import SamplingInput
+from engine.messages import SamplingInput, StepOutput
 from engine.sampler import process_logits, race, uniform_noise
 
 # Seeds of the draft's and the accept tests' noise streams: seed XOR salt (< 2**63).
@@ -41,7 +41,8 @@ ACCEPT_SALT = 0x1B873593CC9E2D51
 
 @dataclass
 class VerifyInput:
-    """The proposals of a verify step (host tensors; `to` moves them to the device).
+    """The proposals of a verify step (host tensors; `to` moves them to the device): the
+    `TokenSelector` of a verify step's ModelInput.
 
     draft_token_ids: [batch, k] each row's proposals d_1..d_n, then zeros.
     num_draft_tokens: [batch] n per row, 0..k (0: the row only decodes its next token).
@@ -70,16 +71,18 @@ class VerifyInput:
             sampling=self.sampling.to(device, num_rows * (self.num_speculative_tokens + 1)),
         )
 
+    def select(self, logits: torch.Tensor) -> VerifyOutput:
+        return verify(logits, self)
 
-@dataclass
-class VerifyOutput:
-    """Per row: the accepted proposals followed by the target's own token (1..n+1 tokens),
-    how many proposals were accepted, and (if asked) each emitted token's logprob and top-n
-    [(token, logprob)] under the target's raw distribution."""
 
-    token_ids: list[list[int]]
-    num_accepted: list[int]
-    logprobs: list[list[tuple[float, list[tuple[int, float]]]]] | None = None
+class VerifyOutput(StepOutput):
+    """Per row: the accepted proposals followed by the target's own token (1..n+1 tokens)
+    and (if asked) each token's logprob and top-n under the target's raw distribution."""
+
+    @property
+    def num_accepted(self) -> list[int]:
+        """Proposals accepted per row."""
+        return [len(tokens) - 1 for tokens in self.token_ids]
 
 
 def verify(logits: torch.Tensor, vin: VerifyInput) -> VerifyOutput:
@@ -113,7 +116,7 @@ def verify(logits: torch.Tensor, vin: VerifyInput) -> VerifyOutput:
     counts = [row[0] for row in host]
     token_ids = [row[1 : a + 2] for row, a in zip(host, counts, strict=True)]
     logprobs = _logprobs(aligned, emitted, counts, s.num_logprobs) if s.want_logprobs else None
-    return VerifyOutput(token_ids, counts, logprobs)
+    return VerifyOutput(token_ids, logprobs)
 
 
 def _accept_tests(probs: torch.Tensor, vin: VerifyInput) -> torch.Tensor:

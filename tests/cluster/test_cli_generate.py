@@ -3,7 +3,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from cluster.cli import main
+from cluster.commands.cli import main
 
 
 def test_generate_prints_prompt_and_continuation(tiny_model_dir, capsys):
@@ -24,7 +24,10 @@ def test_generate_bad_value_exits_2_naming_the_field(tiny_model_dir, capsys):
 
 def test_console_script_help_lists_subcommands():
     out = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "cluster.commands.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     for name in ("generate", "up", "plan", "audit", "config"):
         assert name in out

@@ -1,5 +1,6 @@
 """`gaudi-serve up`: config from the command line, and a real run in a subprocess that
-serves HTTP, drains an in-flight stream on SIGTERM, exits 0 and leaves no Ray process."""
+serves HTTP, shows its replicas through `gaudi-serve status`, drains an in-flight stream on
+SIGTERM, exits 0 and leaves no Ray process."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -60,7 +62,7 @@ def served(tiny_model_dir, tmp_path):
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump({"models": [model_entry("tiny", tiny_model_dir("llama"))]}))
     port = free_port()
-    command = [sys.executable, "-m", "cluster.cli", "up", "--config", str(path)]
+    command = [sys.executable, "-m", "cluster.commands.cli", "up", "--config", str(path)]
     command += ["--port", str(port), "--num-cpus", "4", "--drain-timeout-s", "60"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
@@ -95,6 +97,20 @@ def test_up_serves_and_drains_on_sigterm(served):
     body = {"model": "tiny", "prompt": "def f(x):", "max_tokens": 4}
     r = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+
+    # `up` says how to see the replicas, and that command shows them.
+    status_command = _wait_for_line(lines, "Replica states: ", process).split(": ", 1)[1]
+    assert status_command.startswith("gaudi-serve status --address ")
+    status = subprocess.run(
+        [sys.executable, "-m", "cluster.commands.cli", *status_command.split()[1:]],
+        capture_output=True,
+        text=True,
+        timeout=READY_TIMEOUT_S,
+    )
+    assert status.returncode == 0, status.stderr
+    assert "application gaudi-serve: RUNNING" in status.stdout
+    assert "deployment tiny: HEALTHY" in status.stdout
+    assert re.search(r"replica \w+: RUNNING \(node [\d.]+, pid \d+\)", status.stdout)
 
     ray_processes = psutil.Process(process.pid).children(recursive=True)
     events: list[str] = []

@@ -1,5 +1,6 @@
 """Helpers for the Serve tests: a real Ray + Serve app on tiny models, one per test module,
-torn down with a check that no Ray process is left behind."""
+torn down with a check that no Ray process is left behind, and an executor factory that
+wedges an engine on command (faults go in through the executor, as on real hardware)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,14 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+if TYPE_CHECKING:
+    from engine import EngineConfig, Executor, ExecutorFactory
 
 # Small engine limits: few buckets to warm up, tiny KV cache.
 TEST_ENGINE = {
@@ -59,10 +64,17 @@ def offline_llm(model_dir: Path):
 
 
 @contextlib.contextmanager
-def running_app(models: list[dict[str, Any]], num_cpus: int = 8) -> Iterator[str]:
+def running_app(
+    models: list[dict[str, Any]],
+    num_cpus: int = 8,
+    wait_until_running: bool = True,
+    executor_factory: ExecutorFactory | None = None,
+) -> Iterator[str]:
     """Start Ray (`num_cpus` logical CPUs) and Serve on a free port, run the app of
-    `models`, yield its base URL; at exit shut both down and check that every process Ray
-    started has exited."""
+    `models` (replicas build executors with `executor_factory`, None = the default), yield
+    its base URL; at exit shut both down and check that every process Ray started has
+    exited. With wait_until_running False it yields as soon as the app is
+    deployed (for tests of replicas that never start)."""
     import ray
     from ray import serve
 
@@ -76,7 +88,11 @@ def running_app(models: list[dict[str, Any]], num_cpus: int = 8) -> Iterator[str
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(config, device="cpu"), name=APP_NAME, route_prefix="/")
+        app = build_app(config, device="cpu", executor_factory=executor_factory)
+        if wait_until_running:
+            serve.run(app, name=APP_NAME, route_prefix="/")
+        else:
+            serve._run(app, name=APP_NAME, route_prefix="/", _blocking=False)
         yield f"http://127.0.0.1:{port}"
     finally:
         with contextlib.suppress(Exception):
@@ -102,6 +118,71 @@ def wait_until(predicate, timeout_s: float = 60.0, interval_s: float = 0.2) -> A
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s: {predicate}")
         time.sleep(interval_s)
+
+
+@dataclass(frozen=True)
+class WedgeOnMarker:
+    """An executor factory: sharding's executor, whose `execute` wedges -- blocks, as a hung
+    device call would -- from the first call that finds the file `marker` (`wedge()` makes
+    it). Only engines of `model_dir` (None: any) look for it.
+
+    That call claims the marker (renames it to `claimed`), so one engine wedges and a
+    replica that replaces it runs normally. The wedged engine's steps return, raising
+    EngineDeadError, once `release()` removes the claimed file. Holds only paths, so it
+    pickles into Serve replicas on this machine.
+    """
+
+    marker: Path
+    model_dir: Path | None = None
+
+    @property
+    def claimed(self) -> Path:
+        return self.marker.with_name(f"{self.marker.name}.claimed")
+
+    def wedge(self) -> None:
+        self.marker.touch()
+
+    def is_wedged(self) -> bool:
+        """Whether an engine claimed the marker (and blocks) and was not released yet."""
+        return self.claimed.exists()
+
+    def release(self) -> None:
+        self.marker.unlink(missing_ok=True)
+        self.claimed.unlink(missing_ok=True)
+
+    def __call__(self, config: EngineConfig, model_path: Path) -> Executor:
+        from sharding.factory import create_executor
+
+        executor = create_executor(config, model_path)
+        if self.model_dir is not None and model_path.resolve() != self.model_dir.resolve():
+            return executor
+        return WedgeableExecutor(executor, self)
+
+
+class WedgeableExecutor:
+    """A real executor behind a WedgeOnMarker: every call goes to it until `execute` finds
+    the marker; from then on `execute` blocks until the marker is released."""
+
+    def __init__(self, inner: Executor, wedge: WedgeOnMarker):
+        self.inner = inner
+        self.wedge = wedge
+        self.is_wedged = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def execute(self, inp):
+        if not self.is_wedged and self.wedge.marker.exists():
+            with contextlib.suppress(FileNotFoundError):  # another engine claimed it first
+                self.wedge.marker.rename(self.wedge.claimed)
+                self.is_wedged = True
+        if not self.is_wedged:
+            return self.inner.execute(inp)
+        while self.wedge.claimed.exists():
+            time.sleep(0.05)
+        from engine import EngineDeadError
+
+        raise EngineDeadError(f"the engine was wedged by {self.wedge.marker}")
 
 
 def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:

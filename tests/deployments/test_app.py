@@ -3,8 +3,6 @@ GAUDI_SERVE_CONFIG, and a tensor-parallel (tp_size=2) model served over HTTP."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import httpx
 import pytest
 import yaml
@@ -15,8 +13,6 @@ from deployments.app import build_app, cluster_device
 from deployments.config import parse_config
 from engine import SamplingParams
 from tests.deployments.serve_fixtures import model_entry, offline_llm, running_app
-
-HAS_TP_EXECUTOR = importlib.util.find_spec("sharding.executor") is not None
 
 
 def test_build_app_binds_one_deployment_per_model(tiny_model_dir):
@@ -87,7 +83,6 @@ def test_cluster_device_without_ray_is_this_machines():
     assert cluster_device() == "cpu"
 
 
-@pytest.mark.skipif(not HAS_TP_EXECUTOR, reason="sharding.executor (the TP executor) is absent")
 def test_tp2_model_serves_the_same_tokens_as_one_card(tiny_model_dir):
     model_dir = tiny_model_dir("llama")
     entry = {**model_entry("tp2", model_dir), "tp_size": 2}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from cluster.cli import main
+from cluster.commands.cli import main
 from deployments.config import (
     ConfigError,
     ModelConfig,
@@ -92,6 +92,36 @@ def _nested_models(model: type[BaseModel]) -> list[type[BaseModel]]:
     return found
 
 
+def test_device_choices_are_the_engines():
+    from typing import get_args
+
+    from engine import DEVICE_CHOICES
+
+    assert get_args(ModelConfig.model_fields["device"].annotation) == DEVICE_CHOICES
+
+
+def test_reading_a_config_loads_no_torch():
+    code = (
+        "import sys\n"
+        "from deployments.config import ServeConfig\n"
+        "import deployments.metrics\n"
+        "ServeConfig.default().models[0].resolved_path()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tokenizer_folder_is_taken_from_the_config_files_folder(model_dir, tmp_path):
+    config_file = tmp_path / "serve.yaml"
+    config_file.write_text("models:\n  - name: m\n    tokenizer: my-model\n")
+    assert load_config(config_file).models[0].tokenizer == model_dir
+    missing = tmp_path / "nope"
+    assert problems_of(one_model(tokenizer=str(missing))) == [
+        f"models.0.tokenizer: {missing} is not a directory (expected a Hugging Face "
+        "tokenizer folder)"
+    ]
+
+
 def test_config_is_frozen():
     config = ServeConfig.default()
     with pytest.raises(ValidationError):
@@ -126,8 +156,8 @@ def test_unknown_key_is_rejected_at_every_level_listing_the_allowed_keys(data, w
 def test_unknown_model_key_lists_the_model_keys():
     (problem,) = problems_of(one_model(max_num_seqs=8))
     assert problem == (
-        "models.0.max_num_seqs: unknown key (allowed: name, path, device, dtype, tp_size, "
-        "engine, speculative, serve)"
+        "models.0.max_num_seqs: unknown key (allowed: name, path, tokenizer, device, dtype, "
+        "tp_size, engine, speculative, serve)"
     )
 
 
@@ -136,7 +166,7 @@ def test_unknown_model_key_lists_the_model_keys():
     [
         (
             {"engine": {"block_size": 7}},
-            "models.0.engine.block_size: Input should be 16, 32, 64 or 128 (got 7)",
+            "models.0.engine.block_size: Input should be 8, 16, 32, 64 or 128 (got 7)",
         ),
         (
             {"device": "tpu"},
@@ -155,7 +185,8 @@ def test_unknown_model_key_lists_the_model_keys():
         ),
         (
             {"speculative": {"method": "medusa"}},
-            "models.0.speculative.method: Input should be 'draft' or 'ngram' (got 'medusa')",
+            "models.0.speculative.method: Input should be 'draft', 'ngram' or 'hybrid' "
+            "(got 'medusa')",
         ),
         (
             {"serve": {"stream_interval_ms": -5}},
@@ -269,7 +300,8 @@ def test_cross_field_engine_and_speculative_rules(model_dir):
     ) == ["models.0.engine.buckets.decode_num_blocks: min (8) must be <= max (4)"]
     ngram = {"method": "ngram", "draft_model": str(model_dir)}
     assert problems_of(one_model(speculative=ngram)) == [
-        "models.0.speculative: draft_model is only used with method 'draft', not 'ngram'"
+        "models.0.speculative: draft_model is only used with methods 'draft' and 'hybrid', "
+        f"got draft_model={str(model_dir)!r} with method 'ngram'"
     ]
     draft = {"method": "draft", "draft_model": str(model_dir), "num_speculative_tokens": 8}
     spec = parse_config(one_model(speculative=draft)).models[0].speculative
@@ -438,7 +470,9 @@ def test_cli_config_check_invalid_file_exits_2_listing_every_problem(tmp_path, c
     assert captured.out == ""
     assert "3 problem(s)" in captured.err
     assert "models.0.tp_size: Input should be 1, 2, 4 or 8 (got 3)" in captured.err
-    assert "models.0.engine.block_size: Input should be 16, 32, 64 or 128 (got 7)" in captured.err
+    assert (
+        "models.0.engine.block_size: Input should be 8, 16, 32, 64 or 128 (got 7)" in captured.err
+    )
     assert "models.0.engine.colour: unknown key" in captured.err
 
 

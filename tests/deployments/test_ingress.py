@@ -374,4 +374,13 @@ def test_metrics_and_health(base_url):
         assert engine_stat(metrics, field, "tiny"), f"no {field} in /metrics"
     health = httpx.get(f"{base_url}/health", timeout=30)
     assert health.status_code == 200
-    assert health.json() == {"healthy": True, "models": {"tiny": True, "chat": True}}
+    body = health.json()
+    assert {k: body[k] for k in ("healthy", "models")} == {
+        "healthy": True,
+        "models": {"tiny": True, "chat": True},
+    }
+    # every replica is listed with its state, under the ids /metrics labels it with
+    assert body["replicas"]["tiny"] == dict.fromkeys(
+        engine_stat(metrics, "kv_usage", "tiny"), "healthy"
+    )
+    assert list(body["replicas"]["chat"].values()) == ["healthy"]

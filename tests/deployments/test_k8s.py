@@ -4,8 +4,11 @@ applied to the base with a small RFC 6902 applier written here."""
 
 from __future__ import annotations
 
+import ast
 import copy
+import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,19 +16,27 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.cli import main
+from cluster.commands.cli import main
 from deployments.config import ConfigError, ServeConfig, load_config, parse_config
 from deployments.k8s import (
     ACCELERATORS,
     CONFIG_PATH,
     IMPORT_PATH,
+    READY_TIMEOUT_ANNOTATION,
     K8sOptions,
+    ModelVolume,
     plan_worker_groups,
+    ready_timeout_s,
     relative_path_problems,
     render_manifests,
     to_yaml,
 )
-from deployments.k8s_kustomize import json_patch, render_kustomize_tree
+from deployments.k8s.kustomize import json_patch, render_kustomize_tree
+from deployments.k8s.readiness import (
+    BASE_READY_TIMEOUT_S,
+    READY_TIMEOUT_S_PER_BILLION_PER_RANK,
+    UNKNOWN_MODEL_READY_TIMEOUT_S,
+)
 
 REPO = Path(__file__).parents[2]
 EXAMPLES = sorted((REPO / "deployments" / "examples").glob("*.yaml"))
@@ -34,6 +45,28 @@ K8S_DIR = REPO / "k8s"
 REGENERATE = "gaudi-serve config render deployments/examples/default.yaml --kustomize k8s"
 CARD_RESOURCES = {"habana.ai/gaudi", "nvidia.com/gpu"}
 DSHM_NEED_PER_RANK_MIB = 66  # DeepSpeed's CPU all-reduce buffer (STACK-NOTES)
+# deployments/k8s/ modules in dependency order: each imports only those before it.
+K8S_MODULES = [
+    "accelerators",
+    "volumes",
+    "options",
+    "plan",
+    "readiness",
+    "pods",
+    "render",
+    "kustomize",
+]
+# Llama-3-70B's dimensions (config.json only, no weights).
+LLAMA_70B = {
+    "model_type": "llama",
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "tie_word_embeddings": False,
+}
 
 
 def render(config: ServeConfig, **options) -> tuple[dict, dict]:
@@ -330,6 +363,177 @@ def test_json_patch_turns_one_document_into_the_other():
     assert {"op": "replace", "path": "/short", "value": [1, 2]} in ops
     assert apply_json_patch(old, ops) == new
     assert json_patch(new, new) == []
+
+
+# -- model volume, resources per card, readiness ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "volume"),
+    [
+        (
+            "pvc:llama-weights",
+            {"persistentVolumeClaim": {"claimName": "llama-weights", "readOnly": True}},
+        ),
+        (
+            "hostPath:/data/models:/weights",
+            {"hostPath": {"path": "/data/models", "type": "Directory"}},
+        ),
+    ],
+)
+def test_a_model_volume_is_mounted_read_only_in_every_pod(spec, volume):
+    model_volume = ModelVolume.parse(spec)
+    config = config_of({"name": "m", "path": f"{model_volume.mount_path}/llama", "tp_size": 2})
+    for accelerator in ACCELERATORS:
+        _, ray_service = render(config, accelerator=accelerator, model_volume=model_volume)
+        for spec_of_pod in pod_specs(ray_service).values():  # the head too: it builds the app
+            assert {"name": "models", **volume} in spec_of_pod["volumes"]
+            (container,) = spec_of_pod["containers"]
+            mount = {"name": "models", "mountPath": model_volume.mount_path, "readOnly": True}
+            assert mount in container["volumeMounts"]
+    _, plain = render(config)
+    for spec_of_pod in pod_specs(plain).values():
+        assert "models" not in {v["name"] for v in spec_of_pod["volumes"]}
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nfs:server", "kind must be one of pvc, hostPath, got 'nfs'"),
+        ("pvc:", "model-volume must be pvc:CLAIM[:MOUNT] or hostPath:/NODE/PATH[:MOUNT]"),
+        ("pvc:Bad_Claim", "claim must be lowercase letters"),
+        ("hostPath:data/models", "hostPath must be an absolute path"),
+        ("pvc:w:models", "mount path must be an absolute path"),
+        ("pvc:w:/", "'/' overlaps ['/etc/gaudi-serve', '/dev/shm']"),
+        ("pvc:w:/etc", "overlaps ['/etc/gaudi-serve']"),
+        ("hostPath:/m:/dev/shm/models", "overlaps ['/dev/shm']"),
+    ],
+)
+def test_bad_model_volumes_are_refused_naming_what_is_wrong(spec, message):
+    with pytest.raises(ValueError, match=r"^model-volume") as info:
+        ModelVolume.parse(spec)
+    assert message in str(info.value)
+
+
+def test_cpus_and_memory_per_card_are_options_of_the_worker_pods():
+    config = config_of({"name": "m", "tp_size": 4})
+    for accelerator in ACCELERATORS:
+        _, ray_service = render(
+            config, accelerator=accelerator, cpus_per_card=12, memory_gib_per_card=96
+        )
+        (group,) = workers(ray_service).values()
+        spec = group["template"]["spec"]
+        (container,) = spec["containers"]
+        assert container["resources"]["limits"]["cpu"] == str(4 * 12)
+        assert container["resources"]["limits"]["memory"] == f"{4 * 96}Gi"
+        assert container["resources"]["requests"] == container["resources"]["limits"]
+        dshm = next(v for v in spec["volumes"] if v["name"] == "dshm")
+        assert dshm["emptyDir"]["sizeLimit"] == f"{4 * 96}Gi"
+        head = pod_specs(ray_service)["head"]["containers"][0]["resources"]["limits"]
+        assert head["cpu"] == "2" and head["memory"] == "8Gi"  # the head holds no card
+    _, default = render(config, accelerator="gaudi", memory_gib_per_card=32)
+    limits = workers(default)["gaudi-workers"]["template"]["spec"]["containers"][0]["resources"]
+    assert limits["limits"]["cpu"] == str(4 * ACCELERATORS["gaudi"].num_cpus_per_card)
+
+
+def test_bad_per_card_resources_are_refused_naming_the_option():
+    with pytest.raises(ValueError, match=r"^cpus-per-card must be at least 1, got 0"):
+        K8sOptions(cpus_per_card=0)
+    with pytest.raises(ValueError, match=r"^memory-per-card must be a whole number, got 1.5"):
+        K8sOptions(memory_gib_per_card=1.5)
+
+
+def model_folder(path: Path, dims: dict) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(dims))
+    return path
+
+
+def test_ready_timeout_follows_the_parameters_each_tp_rank_holds(tmp_path):
+    from sharding.model_spec import ModelSpec
+
+    big = model_folder(tmp_path / "llama-70b", LLAMA_70B)
+    num_params = ModelSpec.from_path(big).num_params
+    expected = {
+        tp_size: BASE_READY_TIMEOUT_S
+        + READY_TIMEOUT_S_PER_BILLION_PER_RANK * math.ceil(num_params / tp_size / 1e9)
+        for tp_size in (4, 8)
+    }
+    assert expected[8] == 1140  # the worked example of deployments.k8s.readiness
+    for tp_size, timeout_s in expected.items():
+        assert ready_timeout_s(config_of({"name": "m", "path": str(big), "tp_size": tp_size})) == (
+            timeout_s
+        )
+    # the slowest model sets the deployment's timeout; the bundled model needs the least
+    both = config_of({"name": "big", "path": str(big), "tp_size": 8}, {"name": "small"})
+    assert ready_timeout_s(both) == 1140
+    assert ready_timeout_s(config_of({"name": "small"})) == BASE_READY_TIMEOUT_S + 60
+    # a folder that is not readable here (in the image, on the cluster's volume)
+    elsewhere = config_of({"name": "m", "path": "/models/not-on-this-machine"})
+    assert ready_timeout_s(elsewhere) == UNKNOWN_MODEL_READY_TIMEOUT_S
+
+
+def test_a_draft_model_counts_with_its_target(tmp_path):
+    big = model_folder(tmp_path / "target", LLAMA_70B)
+    draft = model_folder(tmp_path / "draft", {**LLAMA_70B, "num_hidden_layers": 8})
+    target_only = ready_timeout_s(config_of({"name": "m", "path": str(big), "tp_size": 8}))
+    with_draft = config_of(
+        {
+            "name": "m",
+            "path": str(big),
+            "tp_size": 8,
+            "speculative": {"method": "draft", "draft_model": str(draft)},
+        }
+    )
+    assert ready_timeout_s(with_draft) == target_only + READY_TIMEOUT_S_PER_BILLION_PER_RANK
+
+
+def test_the_ready_timeout_is_written_on_the_rayservice():
+    config = load_config(DEFAULT_EXAMPLE, check_paths=False)
+    config_map, ray_service = render(config)
+    annotations = ray_service["metadata"]["annotations"]
+    assert annotations == {READY_TIMEOUT_ANNOTATION: f"{ready_timeout_s(config)}s"}
+    assert "annotations" not in config_map["metadata"]
+
+
+def test_the_k8s_package_has_no_import_circle():
+    folder = REPO / "deployments" / "k8s"
+    assert {p.stem for p in folder.glob("*.py")} == {"__init__", *K8S_MODULES}
+    for index, name in enumerate(K8S_MODULES):
+        tree = ast.parse((folder / f"{name}.py").read_text(encoding="utf-8"))
+        imported = {
+            node.module.removeprefix("deployments.k8s.")
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and node.module is not None
+            and node.module.startswith("deployments.k8s")
+        }
+        assert imported <= set(K8S_MODULES[:index]), f"{name} imports {imported}"
+
+
+# -- the docs --------------------------------------------------------------------------------
+
+
+def command_lines(text: str) -> list[str]:
+    """Shell lines of a Markdown text (backslash continuations joined) that start with
+    `gaudi-serve` or `kubectl`: commands in code blocks, not mentions in prose."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    lines = (line.strip() for line in joined.splitlines())
+    return [line for line in lines if line.startswith(("gaudi-serve ", "kubectl "))]
+
+
+@pytest.mark.parametrize("doc", [REPO / "README.md", K8S_DIR / "README.md"], ids=lambda p: str(p))
+def test_kubectl_commands_use_the_namespace_of_the_render_command(doc):
+    namespace = None
+    lines = command_lines(doc.read_text(encoding="utf-8"))
+    assert any(line.startswith("kubectl ") for line in lines)
+    for line in lines:
+        if line.startswith("gaudi-serve config render"):
+            match = re.search(r"--namespace (\S+)", line)
+            namespace = match.group(1) if match else None
+        for kubectl in re.findall(r"kubectl [^|]*", line):
+            if namespace is not None:
+                assert f" -n {namespace} " in f"{kubectl} ", f"{doc.name}: {kubectl!r}"
 
 
 # -- the checked-in k8s/ tree --------------------------------------------------------------

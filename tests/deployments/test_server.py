@@ -1,11 +1,13 @@
 """LLMServer: streaming generation through deployment handles, the Python client, Serve's
 stats hooks, and health checks that fail for a wedged engine (Serve then replaces the
-replica). One Serve app per module: "tiny", plus "wedge" with fast health checks."""
+replica). One Serve app per module: "tiny", plus "wedge" with fast health checks, whose
+executor wedges on command (WedgeOnMarker)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
+import shutil
 
 import pytest
 from ray import serve
@@ -17,7 +19,12 @@ from deployments.generation import EngineUnavailableError, GenerationChunk, Inva
 from deployments.server import LLMServer
 from engine import SamplingParams
 from tests.conftest import assert_engine_idle
-from tests.deployments.serve_fixtures import model_entry, offline_llm, running_app
+from tests.deployments.serve_fixtures import (
+    WedgeOnMarker,
+    model_entry,
+    offline_llm,
+    running_app,
+)
 
 APP = "gaudi-serve"
 PROMPT = "def scheduler(requests):"
@@ -25,14 +32,21 @@ GREEDY = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def app(tiny_model_dir):
+def wedge(tiny_model_dir, tmp_path_factory) -> WedgeOnMarker:
+    """Wedges the "wedge" model's engine on command; it serves a copy of the tiny model, so
+    the "tiny" model's engine never looks at the marker."""
+    root = tmp_path_factory.mktemp("wedge")
+    model_dir = shutil.copytree(tiny_model_dir("llama"), root / "model")
+    return WedgeOnMarker(root / "marker", model_dir)
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir, wedge):
     models = [
         model_entry("tiny", tiny_model_dir("llama")),
-        model_entry(
-            "wedge", tiny_model_dir("llama"), health_check_period_s=1, health_check_timeout_s=4
-        ),
+        model_entry("wedge", wedge.model_dir, health_check_period_s=1, health_check_timeout_s=4),
     ]
-    with running_app(models):
+    with running_app(models, executor_factory=wedge):
         yield
 
 
@@ -131,10 +145,10 @@ def test_client_complete_stream_and_early_exit(app, offline):
     wait_until(is_idle, timeout_s=30)
 
 
-def test_wedged_replica_fails_health_checks_and_is_replaced(app):
+def test_wedged_replica_fails_health_checks_and_is_replaced(app, wedge):
     handle = serve.get_deployment_handle("wedge", APP)
     wedged = handle.replica_id.remote().result()
-    handle.wedge_engine_for_test.remote().result()
+    wedge.wedge()  # the replica's next step (its health probe's) blocks in execute
 
     from tests.deployments.serve_fixtures import wait_until
 
@@ -144,23 +158,30 @@ def test_wedged_replica_fails_health_checks_and_is_replaced(app):
         except Exception:
             return False
 
-    wait_until(replaced, timeout_s=90, interval_s=1)
+    try:
+        wait_until(wedge.is_wedged, timeout_s=30)
+        wait_until(replaced, timeout_s=90, interval_s=1)
+    finally:
+        wedge.release()  # the replaced replica's stuck step ends, so it shuts down at once
     chunks = run(collect(handle, PROMPT, GREEDY))
     assert chunks[-1].num_generated_tokens == 10
 
 
-def test_check_health_fails_for_a_wedged_engine(tiny_model_dir):
+def test_check_health_fails_for_a_wedged_engine(tiny_model_dir, tmp_path):
     """The check itself, on an LLMServer built without Serve (the class is plain Python)."""
     config = parse_config(
         {"models": [model_entry("t", tiny_model_dir("llama"), health_check_timeout_s=2)]}
     )
-    server = LLMServer.func_or_class(config.models[0], "cpu")
+    wedge = WedgeOnMarker(tmp_path / "marker")
+    server = LLMServer.func_or_class(config.models[0], "cpu", wedge)
     try:
         run(server.check_health())  # healthy: the probe generates one token
-        server.wedge_engine_for_test()
+        wedge.wedge()
         with pytest.raises(EngineUnavailableError, match="no engine step"):
             run(server.check_health())
+        assert wedge.is_wedged()  # the probe's step is the one blocked in execute
     finally:
+        wedge.release()
         server.__del__()
     assert_engine_idle(server.engine.engine)
 

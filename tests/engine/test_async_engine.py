@@ -1,20 +1,60 @@
 """AsyncEngine: concurrent streams over one step loop, abort frees blocks at once, an
-engine fault fails in-flight requests instead of hanging them."""
+engine fault (injected through the executor it is given) fails in-flight requests instead
+of hanging them, and the server surface (warm-up, encoding, model info)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 
 import pytest
 
-from engine import AsyncEngine, EngineConfig, EngineDeadError, PromptTooLongError, SamplingParams
+from engine import (
+    AsyncEngine,
+    EngineConfig,
+    EngineDeadError,
+    PromptTooLongError,
+    SamplingParams,
+    create_local_executor,
+)
 from tests.conftest import assert_engine_idle, hf_greedy, random_prompts
 
 GREEDY = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+DEADLINE_S = 60.0  # hang guard for conditions that hold within a step or two
+
+
+class FaultyExecutor:
+    """The real local executor; once `fault` is set, `execute` raises it, as a device that
+    fell over would. Every other call goes to the real executor."""
+
+    def __init__(self, config: EngineConfig, model_path: Path):
+        self.inner = create_local_executor(config, model_path)
+        self.fault: Exception | None = None
+        self.num_executed = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def execute(self, inp):
+        if self.fault is not None:
+            raise self.fault
+        self.num_executed += 1
+        return self.inner.execute(inp)
 
 
 @pytest.fixture
-def async_engine(tiny_model_dir):
+def executors() -> list[FaultyExecutor]:
+    """The executors the engine under test was given, in creation order."""
+    return []
+
+
+@pytest.fixture
+def async_engine(tiny_model_dir, executors):
+    def make_executor(config: EngineConfig, model_path: Path) -> FaultyExecutor:
+        executors.append(FaultyExecutor(config, model_path))
+        return executors[-1]
+
     engine = AsyncEngine(
         EngineConfig(
             model=str(tiny_model_dir("llama")),
@@ -22,7 +62,8 @@ def async_engine(tiny_model_dir):
             dtype="float32",
             kv_cache_tokens=4096,
             max_model_len=256,
-        )
+        ),
+        executor_factory=make_executor,
     )
     yield engine
     assert_engine_idle(engine.engine)
@@ -32,6 +73,20 @@ def async_engine(tiny_model_dir):
 async def collect(engine, prompt, params, rid):
     outs = [o async for o in engine.generate(prompt, params, rid)]
     return outs
+
+
+async def wait_for(predicate, what: str) -> None:
+    """Yield to the event loop until `predicate()` holds; raise after DEADLINE_S."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {DEADLINE_S:.0f} s for {what}")
+        await asyncio.sleep(0.01)
+
+
+def is_idle(engine: AsyncEngine) -> bool:
+    stats = engine.stats()
+    return stats.num_running == 0 and stats.num_free_blocks == stats.num_total_blocks
 
 
 def test_concurrent_streams_match_offline_greedy(async_engine, tiny_model_dir):
@@ -59,7 +114,8 @@ def test_closing_a_stream_aborts_and_frees_blocks(async_engine):
             if len(out.token_ids) >= 3:
                 break
         await stream.aclose()
-        await asyncio.sleep(0.5)  # let the in-flight step finish
+        # the abort lands once the in-flight step finishes
+        await wait_for(lambda: is_idle(async_engine), "the aborted request's blocks")
         return async_engine.stats()
 
     stats = asyncio.run(main())
@@ -76,12 +132,11 @@ def test_explicit_abort_ends_the_stream(async_engine):
                 received.append(out)
 
         task = asyncio.create_task(consume())
-        while not received:
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: received, "the first output")
         await async_engine.abort("x")
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.5)
+        await wait_for(lambda: is_idle(async_engine), "the aborted request's blocks")
 
     asyncio.run(main())
 
@@ -94,12 +149,9 @@ def test_bad_prompt_raises_before_streaming(async_engine):
     asyncio.run(main())
 
 
-def test_engine_fault_fails_requests_in_flight(async_engine):
-    def broken(*args, **kwargs):
-        raise RuntimeError("device fell over")
-
+def test_engine_fault_fails_requests_in_flight(async_engine, executors):
     async def main():
-        async_engine.engine.executor.execute = broken
+        executors[0].fault = RuntimeError("device fell over")
         with pytest.raises(EngineDeadError, match="device fell over"):
             await collect(async_engine, [5, 6, 7], GREEDY, "doomed")
         assert not async_engine.is_healthy
@@ -107,3 +159,25 @@ def test_engine_fault_fails_requests_in_flight(async_engine):
             await async_engine.check_health()
 
     asyncio.run(main())
+
+
+def test_server_surface_warm_up_encoding_and_info(async_engine, executors, tiny_model_dir):
+    tokenizer = async_engine.engine.tokenizer
+    num_before = executors[0].num_executed
+    async_engine.warm_up([5, 6, 7], SamplingParams(max_tokens=2))
+    assert executors[0].num_executed > num_before  # real steps ran through the executor
+    assert async_engine.encode("def f(x):") == tokenizer.encode("def f(x):")
+    assert async_engine.decode([5, 6, 7]) == tokenizer.decode([5, 6, 7])
+    info = async_engine.info()
+    assert info.model_path == tiny_model_dir("llama")
+    assert (info.device, info.dtype, info.tp_size) == ("cpu", "float32", 1)
+    assert (info.max_model_len, info.max_num_seqs) == (256, async_engine.config.max_num_seqs)
+    assert info.vocab_size == async_engine.engine.hf_config.vocab_size
+    assert info.special_token_ids == frozenset(tokenizer.all_special_ids)
+    assert info.bos_token_id == tokenizer.bos_token_id
+    assert info.chat_template is None
+    with pytest.raises(ValueError, match="chat template"):
+        async_engine.encode_chat([{"role": "user", "content": "hi"}])
+    assert asyncio.run(collect(async_engine, [5, 6, 7], GREEDY, "after-warm-up"))[-1].finished
+    with pytest.raises(RuntimeError, match="before the first generate"):
+        async_engine.warm_up([5, 6, 7], SamplingParams(max_tokens=2))

@@ -7,13 +7,14 @@ import pytest
 
 from engine import SamplingParams
 from engine.errors import UnsupportedModelError
-from tests.conftest import FAMILIES, hf_greedy, random_prompts
+from engine.families import FAMILIES
+from tests.conftest import hf_greedy, random_prompts
 
 MAX_NEW = 12
 GREEDY = SamplingParams(max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_batch_together_matches_transformers(family, tiny_model_dir, make_llm):
     model_dir = tiny_model_dir(family)
     prompts = random_prompts([3, 17, 40, 64], seed=1)

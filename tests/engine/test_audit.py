@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cluster.cli import main as cli_main
+from cluster.commands.cli import main as cli_main
 from engine.audit import (
     GAUDI_OPS,
     OUTSIDE_PATH,
@@ -17,7 +17,7 @@ from engine.audit import (
     audit_model,
 )
 from engine.audit.rules import classify_op
-from tests.conftest import FAMILIES
+from engine.families import FAMILIES
 
 
 class DynamicBlock(nn.Module):
@@ -226,7 +226,7 @@ def test_cli_prints_json_and_exit_code_follows_the_report(tiny_llama_dir, capsys
     assert code == (0 if data["is_clean"] else 1)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_engine_forward_audits_clean_for_every_family(family, tiny_model_dir):
     """The engine's padded prefill + decode steps over the paged cache have no dynamic op,
     no host sync and no op on the Gaudi list, in every supported family."""

@@ -2,6 +2,7 @@ import doctest
 
 import pytest
 
+import engine.bucket_ranges
 import engine.buckets
 from engine.buckets import (
     BucketConfig,
@@ -14,7 +15,7 @@ from engine.buckets import (
     decode_buckets,
     dim_buckets,
     length_buckets,
-    padding_ratio,
+    padding_fraction,
     pick_bucket,
     pick_decode_bucket,
     pick_prefill_bucket,
@@ -32,6 +33,12 @@ def limits(**overrides) -> BucketConfig:
 def test_docstring_examples_run():
     result = doctest.testmod(engine.buckets)
     assert result.attempted >= 10
+    assert result.failed == 0
+
+
+def test_bucket_ranges_docstring_examples_run():
+    result = doctest.testmod(engine.bucket_ranges)
+    assert result.attempted >= 4
     assert result.failed == 0
 
 
@@ -167,14 +174,14 @@ def test_pick_decode_bucket_pads_both_dimensions():
         pick_decode_bucket(cfg, 33, 1)
 
 
-def test_padding_ratio():
-    assert padding_ratio(64, 64) == 0.0
-    assert padding_ratio(0, 64) == 1.0
-    assert padding_ratio(48, 64) == 0.25
+def test_padding_fraction():
+    assert padding_fraction(64, 64) == 0.0
+    assert padding_fraction(0, 64) == 1.0
+    assert padding_fraction(48, 64) == 0.25
     with pytest.raises(ValueError, match="real_tokens"):
-        padding_ratio(65, 64)
+        padding_fraction(65, 64)
     with pytest.raises(ValueError, match="padded_tokens"):
-        padding_ratio(0, 0)
+        padding_fraction(0, 0)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from engine.model_input import SamplingInput
+from engine.messages import SamplingInput
 from engine.sampler import (
     apply_repetition_penalty,
     apply_top_k_top_p,

@@ -16,8 +16,10 @@ import sys
 import pytest
 from published_configs import PUBLISHED_CONFIGS, PUBLISHED_NUM_PARAMS_B, write_configs
 
-from cluster.cli import main
-from sharding.hardware import CARDS, GiB, get_card
+from cluster.commands.cli import main
+from engine.config import DTYPE_NAMES, EngineConfig
+from engine.families import FAMILIES
+from sharding.hardware import CARDS, DTYPES, GiB, get_card
 from sharding.planner import ModelSpec, Verdict, plan, valid_tp_sizes
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -53,6 +55,26 @@ def test_config_quirks_are_read(specs, model_dirs):
     assert ModelSpec.from_path(model_dirs["Llama-3.1-8B"] / "config.json") == llama
     from_dict = ModelSpec.from_config(PUBLISHED_CONFIGS["Llama-3.1-8B"], name="Llama-3.1-8B")
     assert from_dict == llama
+
+
+def test_the_planner_sizes_every_dtype_the_engine_runs():
+    assert set(DTYPE_NAMES) <= set(DTYPES)
+
+
+def test_untied_default_of_every_engine_family_is_read():
+    # Qwen3 and Phi-3 configs that omit tie_word_embeddings are untied (transformers'
+    # per-class default), as are Llama's; Gemma's default ties lm_head to the embedding.
+    dims = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4)
+    dims |= dict(intermediate_size=128, vocab_size=100)
+    for model_type, family in FAMILIES.items():
+        spec = ModelSpec.from_config({"model_type": model_type, **dims})
+        assert spec.is_tied_embeddings == family.is_tied_by_default, model_type
+    assert not ModelSpec.from_config({"model_type": "qwen3", **dims}).is_tied_embeddings
+
+
+def test_default_prefill_budget_is_the_engines(specs):
+    default = EngineConfig().max_num_batched_tokens
+    assert plan(specs["Llama-3.1-8B"], "gaudi2").max_num_batched_tokens == default
 
 
 def test_old_falcon_is_multi_query():
@@ -296,7 +318,7 @@ def test_cli_default_model_is_the_bundled_one(capsys):
 
 
 def test_cli_json_in_a_subprocess(model_dirs):
-    command = [sys.executable, "-m", "cluster.cli", "plan", "--json"]
+    command = [sys.executable, "-m", "cluster.commands.cli", "plan", "--json"]
     command += ["--model", str(model_dirs["Mixtral-8x7B"]), "--card", "gaudi2"]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     result = json.loads(done.stdout)

@@ -76,7 +76,7 @@ def test_no_bucket_misses_after_warmup(method, target_dir, random_draft_dir, mak
     assert engine.stats().num_bucket_misses == 0
     # A tiny random draft costs about as much as the tiny target, so the calibrated rule
     # (rightly) never speculates with it: pretend it is cheap.
-    engine.spec.costs = StepCosts(((1, 1.0), (100, 1.1)), draft_points=((1, 0.05), (100, 0.05)))
+    engine.strategy.costs = StepCosts(((1, 1.0), (100, 1.1)), draft_points=((1, 0.05), (100, 0.05)))
     rng = random.Random(0)
     for i in range(24):
         n = rng.randint(1, 60)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.model_input import SamplingInput
+from engine.messages import SamplingInput
 from engine.speculative.verify import VerifyInput, verify
 
 VOCAB = 8

@@ -15,6 +15,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "generate text offline with the engine (no Ray)"),
     "up": ("up", "serve models over HTTP on a local or existing Ray cluster"),
+    "status": ("status", "show the state of each application, deployment and replica"),
     "plan": ("plan", "pick the tensor-parallel degree and KV capacity for a model"),
     "audit": ("audit", "trace a model's forward for dynamic ops and host fallbacks"),
     "config": ("config", "validate a serving config file or render it for Kubernetes"),

@@ -1,24 +1,24 @@
-"""The engine's speculative side: pick k, gather proposals, build the verify step, and keep
-the books after it. The engine calls, per decode step:
+"""Speculative decoding as the engine's step strategy (engine.strategy): pick k, gather
+proposals, build the verify step, and keep the books after it.
 
-    k = spec.choose_k(running)                 # before scheduling: lookahead slots
-    plan = spec.plan(scheduled_seqs, k)        # proposals; None = run a plain decode step
-    shape = spec.verify_shape(plan)
-    inp = spec.build_input(plan, shape)        # the verify step's ModelInput
-    ... executor.execute(inp) -> VerifyOutput, tokens appended one by one ...
-    spec.on_verified(seq, num_proposed, num_accepted)
-    spec.release(seq)                          # finished or aborted
+A decode step with proposals feeds each row [last token, *proposals] and the target's
+verification (engine.speculative.verify) accepts a prefix of them plus one token of its
+own, so a row yields 1..k + 1 tokens; without proposals (k = 0, or none found) it is a
+plain decode step. The scheduler reserves k lookahead slots per row from free blocks; the
+engine trims what a row did not use.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from engine.model_input import ModelInput, dummy_model_input
+from engine.messages import ModelInput, StepOutput
+from engine.scheduler import SchedulerOutput, StepKind
 from engine.sequence import Sequence
 from engine.shapes import StepShape, StepShaper
 from engine.speculative.adaptive import (
@@ -30,12 +30,16 @@ from engine.speculative.adaptive import (
     choose_k,
     k_choices,
 )
+from engine.speculative.calibrate import measure_step_costs
 from engine.speculative.config import SpeculativeConfig
 from engine.speculative.inputs import build_verify_input
 from engine.speculative.ngram import NgramProposer
 from engine.speculative.proposer import DRAFT, NGRAM, Proposer
+from engine.speculative.proposers import create_proposer
+from engine.strategy import DecodeStrategy
 
-CALIBRATION_REPEATS = 5
+logger = logging.getLogger(__name__)
+
 HOST_DECAY = 0.9  # EWMA weight of the previous host-time estimate, per decode step
 HIT_DECAY = 0.9  # EWMA weight of the previous n-gram hit rate, per hybrid step
 
@@ -51,13 +55,8 @@ class VerifyPlan:
     def max_proposals(self) -> int:
         return max(len(p) for p in self.proposals)
 
-    @property
-    def num_tokens(self) -> int:
-        """Tokens the verify step feeds, padding excluded."""
-        return sum(len(p) + 1 for p in self.proposals)
 
-
-class SpecDecoder:
+class SpeculativeDecoding(DecodeStrategy):
     """Speculative decoding for one engine (see the module docstring)."""
 
     def __init__(
@@ -67,13 +66,14 @@ class SpecDecoder:
         max_model_len: int,
         proposer: Proposer,
     ):
+        super().__init__(shaper)
         self.config = config
-        self.shaper = shaper
         self.block_size = shaper.block_size
         self.max_model_len = max_model_len
         self.proposer = proposer
         self.k_choices = k_choices(config.num_speculative_tokens, config.adaptive)
         self.verify_query_lens = tuple(k + 1 for k in self.k_choices)
+        self.decode_query_lens = (1, *self.verify_query_lens)
         self.costs: StepCosts = (
             DEFAULT_NGRAM_COSTS if config.method == "ngram" else DEFAULT_DRAFT_COSTS
         )
@@ -85,6 +85,7 @@ class SpecDecoder:
         # Host time of a decode step (scheduling, inputs, outputs): paid once per step
         # whatever k is, so it makes fewer, longer steps cheaper. Seconds, EWMA.
         self.host_s = 0.0
+        self._plan: VerifyPlan | None = None  # the current step's, from build_input
         self._step_proposer_s = 0.0
         self._counts = dict.fromkeys(("steps", "seqs", "drafted", "accepted"), 0)
         self._proposer_s = 0.0
@@ -92,45 +93,10 @@ class SpecDecoder:
     @classmethod
     def create(
         cls, engine_config, shaper: StepShaper, executor, target_path: Path, target_tokenizer
-    ) -> SpecDecoder:
-        """Build the configured proposer around the engine's target. A draft is loaded on
-        the executor's device (a local executor's; else engine_config.device, in this
-        process) after checking it shares the target's vocabulary."""
-        config: SpeculativeConfig = engine_config.speculative
-        max_model_len = engine_config.max_model_len
-        if config.method == "ngram":
-            proposer = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
-            return cls(config, shaper, max_model_len, proposer)
-        from engine.devices import get_device
-        from engine.loader import load_config, resolve_model_path
-        from engine.speculative.draft import DraftProposer
-        from engine.speculative.vocab import check_same_vocab
-
-        if config.draft_model is None:
-            from engine.assets import default_draft_model_path
-
-            draft_path = default_draft_model_path()
-        else:
-            draft_path = resolve_model_path(config.draft_model)
-        draft_config = load_config(draft_path)
-        target_config = load_config(target_path)
-        check_same_vocab(target_path, target_config, target_tokenizer, draft_path, draft_config)
-        draft_max = getattr(draft_config, "max_position_embeddings", None)
-        if draft_max is not None and draft_max < max_model_len:
-            raise ValueError(
-                f"the draft model {draft_path} has max_position_embeddings {draft_max}, "
-                f"less than max_model_len {max_model_len}: lower max_model_len"
-            )
-        device = getattr(executor, "device", None) or get_device(engine_config.device)
-        proposer = DraftProposer(
-            draft_path, device, engine_config.dtype, shaper, engine_config.strict_shapes
-        )
-        if config.method == "hybrid":
-            from engine.speculative.hybrid import HybridProposer
-
-            ngram = NgramProposer(config.prompt_lookup_min, config.prompt_lookup_max)
-            proposer = HybridProposer(ngram, proposer)
-        return cls(config, shaper, max_model_len, proposer)
+    ) -> SpeculativeDecoding:
+        """Build the configured proposer (engine.speculative.proposer) around the target."""
+        proposer = create_proposer(engine_config, shaper, executor, target_path, target_tokenizer)
+        return cls(engine_config.speculative, shaper, engine_config.max_model_len, proposer)
 
     # -- start-up -----------------------------------------------------------------------
     @property
@@ -142,48 +108,34 @@ class SpecDecoder:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """Draft KV bytes per cache token (0 for n-gram)."""
+        """Draft KV bytes per cache token (0 for n-gram): its cache mirrors the target's."""
         return self.draft.kv_spec.bytes_per_token if self.draft is not None else 0
 
     def init_kv_cache(self, num_blocks: int) -> None:
         if self.draft is not None:
             self.draft.init_kv_cache(num_blocks)
 
-    def warmup(self, capture: bool, graph_kinds: tuple[str, ...]) -> int:
-        """Warm the draft's shapes (eagerly, or capturing graphs of graph_kinds).
-        Returns how many shapes."""
+    def warmup(self, capture: bool, graph_kinds: tuple[str, ...]) -> None:
+        """Warm the draft's shapes (eagerly, or capturing graphs of graph_kinds)."""
         if self.draft is None:
-            return 0
+            return
         shapes = self.draft.warmup_shapes()
         if capture:
             shapes = [s for s in shapes if s.kind in graph_kinds]
         self.draft.warmup(shapes, capture)
-        return len(shapes)
 
-    def calibrate(self, executor) -> StepCosts:
-        """Time warmed all-padding steps at every decode batch bucket (the target at each
-        verify length and at 1 token per row, the draft at 1) over a middle context
-        bucket; adaptive speculation then uses these measured costs."""
-        from engine.buckets import block_buckets, decode_batch_buckets
-
-        blocks = block_buckets(self.shaper.buckets)
-        num_blocks = blocks[len(blocks) // 2]
-        target: dict[int, float] = {}
-        draft: dict[int, float] = {}
-        for batch in decode_batch_buckets(self.shaper.buckets):
-            for query_len in (1, *self.verify_query_lens):
-                shape = self.shaper.decode_shape(batch, num_blocks, query_len)
-                target[shape.num_tokens] = _time(executor.execute, dummy_model_input(shape))
-            if self.draft is not None:
-                shape = self.shaper.decode_shape(batch, num_blocks)
-                draft[shape.num_tokens] = _time(self.draft.runner.execute, dummy_model_input(shape))
-        self.costs = StepCosts(_monotone(target), _monotone(draft))
+    def calibrate(self, executor) -> None:
+        """Adaptive speculation: replace the default relative costs with measured ones."""
+        if not self.config.adaptive:
+            return
+        runner = self.draft.runner if self.draft is not None else None
+        self.costs = measure_step_costs(executor, runner, self.shaper, self.verify_query_lens)
         self.is_calibrated = True
-        return self.costs
+        logger.info("speculative step costs: %s", self.costs)
 
     # -- per step -----------------------------------------------------------------------
-    def choose_k(self, running: list[Sequence]) -> int:
-        """Proposals per sequence for the next decode step (0 = plain decode)."""
+    def num_lookahead_tokens(self, running: list[Sequence]) -> int:
+        """k, the proposals per sequence of the next decode step (0 = plain decode)."""
         if not running:
             return 0
         if not self.config.adaptive:
@@ -203,9 +155,20 @@ class SpecDecoder:
         alphas = [tracker.alpha(i) for i in ids]
         return choose_k(alphas, batch, self.k_choices, self.costs, host_s=host_s)
 
-    def plan(self, seqs: list[Sequence], k: int) -> VerifyPlan | None:
-        """Proposals for a decode step of seqs with up to k per sequence; None when there
-        are none (the step runs as a plain decode step)."""
+    def build_input(self, sched: SchedulerOutput, num_lookahead_tokens: int) -> ModelInput:
+        """A verify step when a decode step has proposals, else the plain step."""
+        self._plan = None
+        if sched.kind is StepKind.DECODE:
+            self._plan = self._propose([item.seq for item in sched.scheduled], num_lookahead_tokens)
+        if self._plan is None:
+            return super().build_input(sched, num_lookahead_tokens)
+        plan = self._plan
+        return build_verify_input(
+            plan.seqs, plan.proposals, plan.draft_probs, self._verify_shape(plan), self.block_size
+        )
+
+    def _propose(self, seqs: list[Sequence], k: int) -> VerifyPlan | None:
+        """Up to k proposals per sequence; None when there are none."""
         budgets = [self._budget(seq, k) for seq in seqs]
         if not any(budgets):
             return self._plain_step()
@@ -243,7 +206,7 @@ class SpecDecoder:
         limit = min(k, remaining - 1, self.max_model_len - seq.num_tokens - 1)
         return max(0, min(limit, capacity - seq.num_tokens))
 
-    def verify_shape(self, plan: VerifyPlan) -> StepShape:
+    def _verify_shape(self, plan: VerifyPlan) -> StepShape:
         needed = plan.max_proposals + 1
         query_len = min((q for q in self.verify_query_lens if q >= needed), default=needed)
         max_blocks = max(
@@ -252,26 +215,28 @@ class SpecDecoder:
         )
         return self.shaper.decode_shape(len(plan.seqs), max_blocks, query_len)
 
-    def build_input(self, plan: VerifyPlan, shape: StepShape) -> ModelInput:
-        return build_verify_input(
-            plan.seqs, plan.proposals, plan.draft_probs, shape, self.block_size
-        )
-
-    def on_verified(self, seq: Sequence, num_proposed: int, num_accepted: int, source: str) -> None:
-        """Books after a verify step, for each row still running or just finished."""
-        if num_proposed:
-            self._counts["seqs"] += 1
-            self._counts["drafted"] += num_proposed
-            self._counts["accepted"] += num_accepted
-            self.acceptance[source].record(seq.request_id, num_proposed, num_accepted)
-        self.proposer.on_verified(seq)
-
-    def on_verify_step(self) -> None:
+    def on_step_output(self, sched: SchedulerOutput, out: StepOutput) -> None:
+        """After a verify step: acceptance per row (finished rows included), and the
+        proposer rolls back past each row's accepted tokens."""
+        plan, self._plan = self._plan, None
+        if plan is None:
+            return
         self._counts["steps"] += 1
+        for seq, proposals, tokens, source in zip(
+            plan.seqs, plan.proposals, out.token_ids, plan.sources, strict=True
+        ):
+            if proposals:
+                num_accepted = len(tokens) - 1  # the last token is the target's own
+                self._counts["seqs"] += 1
+                self._counts["drafted"] += len(proposals)
+                self._counts["accepted"] += num_accepted
+                self.acceptance[source].record(seq.request_id, len(proposals), num_accepted)
+            self.proposer.on_verified(seq)
 
-    def on_decode_step(self, total_s: float, execute_s: float) -> None:
-        """A decode or verify step took total_s, execute_s of it in the executor: the rest,
-        less proposing, is host time."""
+    def on_step_end(self, sched: SchedulerOutput, total_s: float, execute_s: float) -> None:
+        """A decode step's host time: the rest of total_s, less executing and proposing."""
+        if sched.kind is not StepKind.DECODE:
+            return
         host_s = max(total_s - execute_s - self._step_proposer_s, 0.0)
         self.host_s = HOST_DECAY * self.host_s + (1.0 - HOST_DECAY) * host_s
         self._step_proposer_s = 0.0
@@ -301,23 +266,3 @@ class SpecDecoder:
     def shutdown(self) -> None:
         if self.draft is not None:
             self.draft.shutdown()
-
-
-def _time(execute, inp: ModelInput) -> float:
-    """Best of CALIBRATION_REPEATS steps, in seconds (execute syncs with the host)."""
-    best = float("inf")
-    for _ in range(CALIBRATION_REPEATS):
-        start = time.perf_counter()
-        execute(inp)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _monotone(times: dict[int, float]) -> tuple[tuple[int, float], ...]:
-    """(tokens, seconds) ascending, each at least the one before (timing noise aside, more
-    tokens never cost less)."""
-    points, floor = [], 0.0
-    for tokens in sorted(times):
-        floor = max(floor, times[tokens])
-        points.append((tokens, floor))
-    return tuple(points)

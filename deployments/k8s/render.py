@@ -5,8 +5,9 @@ no Ray, no torch.
     config = load_config("serve.yaml", check_paths=False)
     print(to_yaml(render_manifests(config, K8sOptions(accelerator="gaudi"))))
 
-The accelerator profiles and the pod templates are in deployments.k8s_pods, the kustomize
-tree in deployments.k8s_kustomize.
+The accelerator profiles are in deployments.k8s.accelerators, the options in .options, the
+worker-group arithmetic in .plan, the pod templates in .pods and the kustomize tree in
+.kustomize; deployments.k8s exports the public names.
 
 What comes from the config, and how:
 - The config itself travels as a ConfigMap (the validated config dumped back to YAML),
@@ -39,43 +40,38 @@ What comes from the config, and how:
   Ray container; the manifest never sets them itself.
 - Readiness: KubeRay's injected probes check each worker's Serve proxy on the container port
   named `serve`, and the RayService only reports Ready and routes traffic once the Serve
-  application is RUNNING, that is once every replica has warmed up.
+  application is RUNNING, that is once every replica has warmed up. How long that may take
+  is sized from the models (deployments.k8s.readiness) and written on the RayService as the
+  `gaudi-serve/ready-timeout` annotation, for whatever waits for Ready.
+- Model weights: with a model volume (a PVC or a hostPath, deployments.k8s.volumes) every
+  pod mounts it read-only at the same path; the head too, since it builds the app.
+- Resources per card (CPU, memory) are the accelerator's defaults unless the options say.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import re
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
 
-from deployments.config import ConfigError, ModelConfig, ServeConfig
-from deployments.k8s_pods import (
-    ACCELERATORS,
+from deployments.config import ConfigError, ServeConfig
+from deployments.k8s.options import K8sOptions
+from deployments.k8s.plan import plan_worker_groups
+from deployments.k8s.pods import (
     CONFIG_KEY,
-    CONFIG_PATH,
     RAY_INTERNAL_PORTS,
     RAY_PORTS,
-    AcceleratorProfile,
     PodFactory,
     base_env,
 )
+from deployments.k8s.readiness import READY_TIMEOUT_ANNOTATION, ready_timeout_s
 
 __all__ = [
-    "ACCELERATORS",
-    "CONFIG_PATH",
-    "DEFAULT_ACCELERATOR",
-    "DEFAULT_NAME",
+    "APP_NAME",
     "IMPORT_PATH",
-    "AcceleratorProfile",
-    "K8sOptions",
-    "WorkerGroupPlan",
     "config_yaml",
-    "plan_worker_groups",
     "relative_path_problems",
     "render_manifests",
     "to_yaml",
@@ -85,115 +81,10 @@ IMPORT_PATH = "deployments.app:app"
 APP_NAME = "gaudi-serve"  # the Serve application name, as in deployments.app
 # The Ray version the image is built with (KubeRay reads it for feature checks).
 RAY_VERSION = "2.60.0"
-DEFAULT_NAME = "gaudi-serve"
-DEFAULT_ACCELERATOR = "gaudi"
 HEADER = (
     "# Rendered by `gaudi-serve config render`: edit the serving config and render again\n"
     "# instead of editing this file.\n"
 )
-_NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-MAX_NAME_LENGTH = 40  # KubeRay appends suffixes to cluster, pod and service names
-
-
-@dataclass(frozen=True)
-class K8sOptions:
-    """What the config does not say about the cluster.
-
-    image: the container image of every pod (gaudi-serve installed over the accelerator's
-        software stack; one image, so every Ray node runs the same Ray and Python); None
-        means the placeholder `gaudi-serve:<accelerator>`, which you build and push.
-    accelerator: what `device: auto` means here, and the worker group of those models.
-    namespace: metadata.namespace of every object; None leaves it to kubectl.
-    name: the RayService's name (the ConfigMap is `<name>-config-<hash>`).
-    """
-
-    accelerator: str = DEFAULT_ACCELERATOR
-    image: str | None = None
-    namespace: str | None = None
-    name: str = DEFAULT_NAME
-
-    def __post_init__(self) -> None:
-        if self.accelerator not in ACCELERATORS:
-            raise ValueError(
-                f"accelerator must be one of {', '.join(ACCELERATORS)}, got {self.accelerator!r}"
-            )
-        check_name("name", self.name, MAX_NAME_LENGTH)
-        if self.namespace is not None:
-            check_name("namespace", self.namespace, 63)
-        if self.image is not None and not self.image.strip():
-            raise ValueError("image must be a non-empty image reference")
-
-    @property
-    def resolved_image(self) -> str:
-        return self.image or f"gaudi-serve:{self.accelerator}"
-
-
-def check_name(what: str, value: str, max_length: int) -> str:
-    """`value` if it is a DNS label of at most max_length characters, else ValueError."""
-    if len(value) > max_length or not _NAME_PATTERN.match(value):
-        raise ValueError(
-            f"{what} must be lowercase letters, digits and '-', start with a letter, end "
-            f"with a letter or digit, and have at most {max_length} characters; got {value!r}"
-        )
-    return value
-
-
-@dataclass(frozen=True)
-class WorkerGroupPlan:
-    """One worker group: which models it runs and how many pods of how many cards."""
-
-    profile: AcceleratorProfile
-    model_names: tuple[str, ...]
-    num_cards_per_pod: int
-    min_pods: int
-    num_pods: int  # at start
-    max_pods: int
-
-    @property
-    def group_name(self) -> str:
-        return f"{self.profile.name}-workers"
-
-
-def plan_worker_groups(config: ServeConfig, accelerator: str) -> tuple[WorkerGroupPlan, ...]:
-    """The worker groups for `config` when `device: auto` means `accelerator`, in the order
-    of ACCELERATORS (see the module docstring for the arithmetic)."""
-    auto_device = ACCELERATORS[accelerator].device
-    by_device: dict[str, list[ModelConfig]] = {}
-    for model in config.models:
-        device = auto_device if model.device == "auto" else model.device
-        by_device.setdefault(device, []).append(model)
-    plans = []
-    for profile in ACCELERATORS.values():
-        models = by_device.get(profile.device, [])
-        if not models:
-            continue
-        cards_per_pod = max(model.tp_size for model in models)
-        demands = [(_replica_range(model), model.tp_size) for model in models]
-        min_pods, num_pods, max_pods = (
-            math.ceil(sum(counts[i] * tp_size for counts, tp_size in demands) / cards_per_pod)
-            for i in range(3)
-        )
-        plans.append(
-            WorkerGroupPlan(
-                profile=profile,
-                model_names=tuple(model.name for model in models),
-                num_cards_per_pod=cards_per_pod,
-                min_pods=min_pods,
-                num_pods=num_pods,
-                max_pods=max_pods,
-            )
-        )
-    return tuple(plans)
-
-
-def _replica_range(model: ModelConfig) -> tuple[int, int, int]:
-    """(min, initial, max) replicas, as Serve will run them."""
-    scaling = model.serve.autoscaling
-    if scaling is None:
-        num = model.serve.num_replicas or 1
-        return num, num, num
-    initial = scaling.min_replicas if scaling.initial_replicas is None else scaling.initial_replicas
-    return scaling.min_replicas, initial, scaling.max_replicas
 
 
 def config_yaml(config: ServeConfig) -> str:
@@ -259,10 +150,12 @@ def render_manifests(config: ServeConfig, options: K8sOptions) -> list[dict[str,
         }
         for plan in plans
     ]
+    metadata = _metadata(options.name, options)
+    metadata["annotations"] = {READY_TIMEOUT_ANNOTATION: f"{ready_timeout_s(config)}s"}
     ray_service = {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
-        "metadata": _metadata(options.name, options),
+        "metadata": metadata,
         "spec": {
             "serveConfigV2": yaml.safe_dump(_serve_config(config, options), sort_keys=False),
             "rayClusterConfig": cluster,

@@ -1,20 +1,20 @@
-"""The pods of a rendered RayService (see deployments.k8s): the accelerator profiles (how a
-pod asks Kubernetes and Ray for its cards), where the config is mounted, the ports Ray takes,
-and the head and worker pod templates."""
+"""The pods of a rendered RayService (see deployments.k8s): where the config (and the model
+volume, if any) is mounted, the ports Ray takes, and the head and worker pod templates."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cluster.ray_env import SERVE_ENV
 from deployments.config import ServeConfig
-
-if TYPE_CHECKING:
-    from deployments.k8s import K8sOptions, WorkerGroupPlan
+from deployments.k8s.accelerators import ACCELERATORS
+from deployments.k8s.options import K8sOptions
+from deployments.k8s.plan import WorkerGroupPlan
+from deployments.k8s.volumes import ModelVolume
 
 __all__ = [
-    "ACCELERATORS",
     "CONFIG_DIR",
     "CONFIG_KEY",
     "CONFIG_PATH",
@@ -22,7 +22,6 @@ __all__ = [
     "HEAD_NUM_CPUS",
     "RAY_INTERNAL_PORTS",
     "RAY_PORTS",
-    "AcceleratorProfile",
     "PodFactory",
     "base_env",
 ]
@@ -35,57 +34,6 @@ HEAD_MEMORY_GIB = 8
 # Ports Ray itself takes in the pods (name -> port); Serve's HTTP port must avoid them.
 RAY_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
 RAY_INTERNAL_PORTS = {"metrics": 8080, "dashboard-agent": 52365}
-
-
-@dataclass(frozen=True)
-class AcceleratorProfile:
-    """How the pods of one accelerator ask Kubernetes and Ray for their cards.
-
-    On `cpu` a "card" is one TP rank's slot: one logical Ray CPU backed by
-    `num_cpus_per_card` cores (replicas and CPU ranks each ask Ray for 1 CPU).
-    """
-
-    name: str  # the --accelerator value
-    device: str  # gaudi-serve's device name
-    k8s_resource: str | None  # the device plugin's extended resource; None on CPU
-    num_cpus_per_card: int
-    memory_gib_per_card: int
-    env: tuple[tuple[str, str], ...] = ()
-    capabilities: tuple[str, ...] = ()
-
-    def ray_start_params(self, num_cards: int) -> dict[str, str]:
-        """rayStartParams declaring the pod's cards to Ray (not left to detection)."""
-        if self.device == "hpu":
-            # Shell-quoted JSON: KubeRay pastes it into `ray start --resources=...`.
-            return {"resources": f"'{{\"HPU\": {num_cards}}}'"}
-        if self.device == "cuda":
-            return {"num-gpus": str(num_cards)}
-        return {"num-cpus": str(num_cards)}
-
-
-ACCELERATORS: dict[str, AcceleratorProfile] = {
-    "gaudi": AcceleratorProfile(
-        name="gaudi",
-        device="hpu",
-        k8s_resource="habana.ai/gaudi",
-        num_cpus_per_card=8,
-        memory_gib_per_card=64,
-        # Lazy mode must be set before anything in the pod imports the Gaudi bridge (Ray's
-        # accelerator detection does); lazy collectives let TP all-reduces run in HPU graphs.
-        env=(("PT_HPU_LAZY_MODE", "1"), ("PT_HPU_ENABLE_LAZY_COLLECTIVES", "true")),
-        capabilities=("SYS_NICE",),
-    ),
-    "nvidia": AcceleratorProfile(
-        name="nvidia",
-        device="cuda",
-        k8s_resource="nvidia.com/gpu",
-        num_cpus_per_card=8,
-        memory_gib_per_card=64,
-    ),
-    "cpu": AcceleratorProfile(
-        name="cpu", device="cpu", k8s_resource=None, num_cpus_per_card=4, memory_gib_per_card=8
-    ),
-}
 
 
 def base_env(options: K8sOptions) -> tuple[tuple[str, str], ...]:
@@ -115,8 +63,9 @@ class PodFactory:
 
     def worker(self, plan: WorkerGroupPlan) -> dict[str, Any]:
         profile, num_cards = plan.profile, plan.num_cards_per_pod
-        memory_gib = profile.memory_gib_per_card * num_cards
-        resources = {"cpu": str(profile.num_cpus_per_card * num_cards), "memory": f"{memory_gib}Gi"}
+        cpus_per_card, memory_gib_per_card = self.options.per_card(profile)
+        memory_gib = memory_gib_per_card * num_cards
+        resources = {"cpu": str(cpus_per_card * num_cards), "memory": f"{memory_gib}Gi"}
         tolerations = []
         if profile.k8s_resource is not None:
             resources[profile.k8s_resource] = str(num_cards)
@@ -151,6 +100,7 @@ class PodFactory:
             "volumeMounts": [
                 {"name": "serve-config", "mountPath": CONFIG_DIR, "readOnly": True},
                 {"name": "dshm", "mountPath": "/dev/shm"},
+                *self._model_volume(lambda volume: volume.volume_mount()),
             ],
         }
 
@@ -162,8 +112,14 @@ class PodFactory:
             "volumes": [
                 {"name": "serve-config", "configMap": {"name": self.config_map_name}},
                 {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{memory_gib}Gi"}},
+                *self._model_volume(lambda volume: volume.volume()),
             ],
         }
         if tolerations:
             spec["tolerations"] = tolerations
         return {"spec": spec}
+
+    def _model_volume(self, entry: Callable[[ModelVolume], dict[str, Any]]) -> list[dict]:
+        # The head mounts it too: it builds the app, which validates the model folders.
+        volume = self.options.model_volume
+        return [] if volume is None else [entry(volume)]

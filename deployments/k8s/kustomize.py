@@ -8,7 +8,9 @@ from dataclasses import replace
 from typing import Any
 
 from deployments.config import ServeConfig
-from deployments.k8s import ACCELERATORS, K8sOptions, render_manifests, to_yaml
+from deployments.k8s.accelerators import ACCELERATORS
+from deployments.k8s.options import K8sOptions
+from deployments.k8s.render import render_manifests, to_yaml
 
 __all__ = ["json_patch", "render_kustomize_tree"]
 
