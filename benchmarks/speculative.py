@@ -131,7 +131,7 @@ def load_hf_pair():
     def load(path):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
-    return load(default_model_path()), load(default_draft_model_path())
+    return load(default_model_path("pycoder")), load(default_draft_model_path())
 
 
 def step_costs(llm, batch: int, k: int, context: int) -> dict[str, float]:
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     from engine.assets import default_model_path
     from engine.loader import load_tokenizer
 
-    tokenizer = load_tokenizer(default_model_path())
+    tokenizer = load_tokenizer(default_model_path("pycoder"))
     num_prompts = max(args.num_prompts, args.batch)
     prompts = code_prompts(tokenizer, num_prompts, args.min_len, args.max_len)
     print(

@@ -4,6 +4,9 @@ GAUDI_SERVE_, each read (and checked loudly) by its accessor when needed, never 
     GAUDI_SERVE_CONFIG            serving config file for `serve run deployments.app:app`
     GAUDI_SERVE_DEVICE            what `device: auto` means for `deployments.app:app`
                                   (auto, cpu, cuda or hpu; default auto: probe the cluster)
+    GAUDI_SERVE_MODELS_DIR        where `gaudi-serve models prepare` writes the default chat
+                                  model and serving looks for it (default
+                                  ~/.cache/gaudi-serve/models)
     GAUDI_SERVE_DRAIN_TIMEOUT_S   default seconds `gaudi-serve up` waits for in-flight
                                   requests on Ctrl-C / SIGTERM (default 30)
     GAUDI_SERVE_STREAM_INTERVAL_MS  least time between two chunks of one streamed answer
@@ -40,6 +43,23 @@ def serve_device() -> str | None:
         choices = list(DEVICE_CHOICES)
         raise ValueError(f"GAUDI_SERVE_DEVICE must be one of {choices}, got {value!r}")
     return None if value in ("", "auto") else value
+
+
+def models_dir() -> Path:
+    """GAUDI_SERVE_MODELS_DIR: the folder of prepared models; default
+    engine.assets.default_models_dir() (~/.cache/gaudi-serve/models)."""
+    from engine.assets import default_models_dir
+
+    value = os.environ.get("GAUDI_SERVE_MODELS_DIR", "").strip()
+    if not value:
+        return default_models_dir()
+    path = Path(value).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"GAUDI_SERVE_MODELS_DIR={value!r} is not a directory (expected the folder "
+            "prepared models live in)"
+        )
+    return path
 
 
 def drain_timeout_s() -> float:

@@ -12,7 +12,10 @@ line: ``models.0.engine.block_size: Input should be 8, 16, 32, 64 or 128 (got 7)
 keys are rejected at every level. Relative model paths are resolved against the config
 file's folder. Allowed values and defaults come from the engine's facade (its config,
 speculative, bucket and device choices) and Ray resource names from cluster.resources.
-Importing this module imports neither Ray nor torch.
+A model without a path is one gaudi-serve provides, by name: ``smollm2-135m-instruct`` (the
+default chat model, prepared by ``gaudi-serve models prepare`` into GAUDI_SERVE_MODELS_DIR),
+``pycoder`` or ``pycoder-draft`` (bundled); any other name without a path is the bundled
+``pycoder``. Importing this module imports neither Ray nor torch.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ from deployments.protocol.errors import describe_validation_errors
 from engine import DEVICE_CHOICES, DTYPE_CHOICES
 
 __all__ = [
+    "BUNDLED_MODEL_NAME",
     "DEFAULT_MODEL_NAME",
+    "PROVIDED_MODEL_NAMES",
     "AutoscalingOptions",
     "BucketDim",
     "BucketOptions",
@@ -64,7 +69,10 @@ __all__ = [
     "parse_config",
 ]
 
-DEFAULT_MODEL_NAME = "pycoder"
+# The models gaudi-serve provides by name (engine.assets' names; a path-less model is one).
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
+BUNDLED_MODEL_NAME = "pycoder"
+PROVIDED_MODEL_NAMES = (DEFAULT_MODEL_NAME, BUNDLED_MODEL_NAME, "pycoder-draft")
 
 
 class ConfigError(ValueError):
@@ -89,7 +97,9 @@ class ModelConfig(BaseModel):
         description="The model id clients send (OpenAI 'model'); letters, digits, . _ / -",
     )
     path: Path | None = Field(
-        None, description="Hugging Face model folder (with config.json); default: bundled."
+        None,
+        description="Hugging Face model folder (with config.json); default: the model gaudi-serve "
+        "provides by this name (smollm2-135m-instruct, pycoder), else the bundled pycoder.",
     )
     tokenizer: Path | None = Field(
         None, description="Tokenizer folder; default: the model's own (path)."
@@ -120,12 +130,16 @@ class ModelConfig(BaseModel):
         return _tokenizer_dir(value, info)
 
     def resolved_path(self) -> Path:
-        """The model folder; the bundled default model when `path` is unset."""
+        """The model folder: `path`, else the model gaudi-serve provides by this name
+        (FileNotFoundError saying how to prepare smollm2-135m-instruct when it is not), else
+        the bundled pycoder."""
         if self.path is not None:
             return self.path
+        from cluster.env import models_dir
         from engine import default_model_path
 
-        return Path(default_model_path())
+        name = self.name if self.name in PROVIDED_MODEL_NAMES else BUNDLED_MODEL_NAME
+        return Path(default_model_path(name, models_dir()))
 
     def serve_deployment_options(self, device: str | None = None) -> dict[str, Any]:
         """Keyword arguments for `serve.deployment(...).options(**kwargs)`.
@@ -192,8 +206,16 @@ class ServeConfig(BaseModel):
 
     @classmethod
     def default(cls) -> ServeConfig:
-        """One model, the bundled default, with every option at its default."""
-        return cls(models=(ModelConfig(name=DEFAULT_MODEL_NAME),))
+        """One model with every option at its default: smollm2-135m-instruct when it is
+        prepared (GAUDI_SERVE_MODELS_DIR), else the bundled pycoder, with a logged warning
+        that says how to prepare it."""
+        from cluster.env import models_dir
+        from engine import default_model_path
+
+        # The engine's choice: the prepared folder is named smollm2-135m-instruct, the
+        # fallback pycoder, so the served name is the chosen folder's.
+        name = Path(default_model_path(None, models_dir())).name
+        return cls(models=(ModelConfig(name=name),))
 
     def model(self, name: str) -> ModelConfig:
         """The model called `name`; KeyError naming the served ones otherwise."""

@@ -52,6 +52,8 @@ _EXPORTS = {
     "EngineStats": "engine.stats",
     "METRIC_COUNTER": "engine.stats:COUNTER",
     "METRIC_GAUGE": "engine.stats:GAUGE",
+    # the prefix cache's block hashes, as the block manager computes them (for a router)
+    "prefix_block_hashes": "engine.prefix_hash",
     # model files (imports torch and transformers)
     "load_model_config": "engine.loader:load_config",
 }

@@ -9,38 +9,43 @@ Prefix reuse: once every position of a full block has its KV written, the block 
 published under a hash chained over all tokens up to its end. A later sequence whose
 prompt starts with the same tokens takes those blocks (reference counted) and computes
 only the rest. Freed blocks keep their hash and stay reusable until they are handed out
-again (least recently freed first).
+again (least recently freed first). The hash is `engine.prefix_hash.block_hash`, the one
+a router uses too. Every change to the set of findable hashes is recorded as a numbered
+event (`drain_events`), so a router can mirror the cache (see engine/block_events.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 
+from engine.block_events import BLOCK_EVICTED, BLOCK_STORED, BlockEventBatch, BlockEventLog
+from engine.prefix_hash import block_hash, prefix_block_hashes
 from engine.sequence import Sequence
 
 PADDING_BLOCK_ID = 0
 
 
-def block_hash(parent: bytes | None, token_ids: list[int]) -> bytes:
-    """Hash of a full block, chained on the previous block's hash."""
-    h = hashlib.blake2b(parent or b"", digest_size=16)
-    h.update(len(token_ids).to_bytes(4, "little"))
-    for t in token_ids:
-        h.update(t.to_bytes(4, "little"))
-    return h.digest()
-
-
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_prefix_caching: bool = True,
+        max_pending_events: int | None = None,
+    ):
+        """max_pending_events: events kept between drains before the log overflows
+        (default: 2 per block, at least 1024)."""
         if num_blocks < 2:
             raise ValueError(f"the KV cache needs at least 2 blocks, got {num_blocks}")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
-        self.block_hashes: list[bytes | None] = [None] * num_blocks
-        self.hash_to_block: dict[bytes, int] = {}
+        self.block_hashes: list[int | None] = [None] * num_blocks
+        self.hash_to_block: dict[int, int] = {}
+        if max_pending_events is None:
+            max_pending_events = max(1024, 2 * num_blocks)
+        self.events = BlockEventLog(max_pending_events)
         # Free blocks in eviction order (oldest first). Block 0 is never free.
         self.free_blocks: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks))
         self.num_prefix_hits_tokens = 0
@@ -106,6 +111,7 @@ class BlockManager:
         if old is not None:  # evict its cached content
             if self.hash_to_block.get(old) == block_id:
                 del self.hash_to_block[old]
+                self.events.record(BLOCK_EVICTED, old)
             self.block_hashes[block_id] = None
         self.ref_counts[block_id] = 1
         return block_id
@@ -150,16 +156,28 @@ class BlockManager:
         num_full = min(seq.num_computed_tokens // bs, len(seq.block_table))
         if num_full <= seq.num_hashed_blocks:
             return
-        parent = None
-        if seq.num_hashed_blocks:
-            parent = self.block_hashes[seq.block_table[seq.num_hashed_blocks - 1]]
-        for i in range(seq.num_hashed_blocks, num_full):
-            parent = block_hash(parent, seq.token_ids[i * bs : (i + 1) * bs])
-            block_id = seq.block_table[i]
+        start = seq.num_hashed_blocks
+        parent = self.block_hashes[seq.block_table[start - 1]] if start else None
+        new_hashes = prefix_block_hashes(
+            seq.token_ids[start * bs : num_full * bs], bs, parent=parent
+        )
+        for block_id, h in zip(seq.block_table[start:num_full], new_hashes, strict=True):
             if self.block_hashes[block_id] is None:
-                self.block_hashes[block_id] = parent
-                self.hash_to_block.setdefault(parent, block_id)
+                self.block_hashes[block_id] = h
+                if h not in self.hash_to_block:
+                    self.hash_to_block[h] = block_id
+                    self.events.record(BLOCK_STORED, h)
         seq.num_hashed_blocks = num_full
+
+    # -- what the prefix cache holds, for a router --------------------------------------
+    def drain_events(self) -> BlockEventBatch:
+        """Stored/evicted events since the last drain, in order (see engine/block_events.py).
+        On `overflowed`, resync from `cached_block_hashes()` taken right after this call."""
+        return self.events.drain()
+
+    def cached_block_hashes(self) -> set[int]:
+        """Every hash findable in the prefix cache now: the full snapshot events mirror."""
+        return set(self.hash_to_block)
 
     def free(self, seq: Sequence) -> None:
         """Release seq's blocks (finished, aborted or preempted)."""

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("plan", "pick the tensor-parallel degree and KV capacity for a model"),
     "audit": ("audit", "trace a model's forward for dynamic ops and host fallbacks"),
     "config": ("config", "validate a serving config file or render it for Kubernetes"),
+    "models": ("models", "fetch and convert the default chat model (smollm2-135m-instruct)"),
 }
 
 

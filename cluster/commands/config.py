@@ -176,8 +176,15 @@ def summarize(config: ServeConfig, source: str) -> str:
     return "\n".join(lines)
 
 
+def _provided_model(name: str) -> str:
+    """What a path-less model entry serves: SmolLM2 by its name, pycoder otherwise."""
+    from engine.assets import PREPARED_MODEL_NAMES
+
+    return "prepared default" if name in PREPARED_MODEL_NAMES else "bundled default"
+
+
 def _describe_model(model: ModelConfig) -> str:
-    path = str(model.path) if model.path is not None else "bundled default"
+    path = str(model.path) if model.path is not None else _provided_model(model.name)
     parts = [
         f"{model.name}: path={path}",
         f"device={model.device}",

@@ -8,7 +8,9 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", nargs="+", help="prompt text (several prompts batch together)")
-    parser.add_argument("--model", default=None, help="local model directory (default: bundled)")
+    parser.add_argument(
+        "--model", default=None, help="model directory (default: SmolLM2 if prepared, else pycoder)"
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -21,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine import LLM, SamplingParams
+    from cluster.env import models_dir
+    from engine import LLM, SamplingParams, default_model_path
     from sharding.factory import create_executor
 
     try:
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
             stop=args.stop,
         )
         llm = LLM(
-            args.model,
+            args.model or default_model_path(None, models_dir()),
             executor_factory=create_executor,
             device=args.device,
             dtype=args.dtype,

@@ -115,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _default_model_path() -> str:
+    from cluster.env import models_dir
     from engine.assets import default_model_path
 
-    return str(default_model_path())
+    return str(default_model_path(None, models_dir()))
 
 
 def _gib(num_bytes: int | None) -> str:

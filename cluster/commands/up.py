@@ -258,15 +258,29 @@ def ready_message(config, ray_address: str | None = None) -> str:
     url = f"http://{host}:{config.http.port}"
     model = config.models[0].name
     names = ", ".join(m.name for m in config.models)
-    body = f'{{"model": "{model}", "prompt": "def fibonacci(n):", "max_tokens": 32}}'
     lines = [
         f"gaudi-serve is up at {url} (models: {names})",
         "Try:",
-        f"  curl {url}/v1/completions -H 'Content-Type: application/json' -d '{body}'",
+        f"  curl {url}{_example_request(model)}",
     ]
     if ray_address is not None:
         lines.append(f"Replica states: gaudi-serve status --address {ray_address}")
     return "\n".join([*lines, "Press Ctrl-C to stop."])
+
+
+def _example_request(model: str) -> str:
+    """A curl tail for `model`: a chat turn for the provided chat model, a completion (the
+    bundled code model has no chat template) otherwise."""
+    from engine.assets import PREPARED_MODEL_NAMES
+
+    header = " -H 'Content-Type: application/json' -d "
+    if model in PREPARED_MODEL_NAMES:
+        question = "Write a Python function that returns the nth Fibonacci number."
+        messages = f'[{{"role": "user", "content": "{question}"}}]'
+        body = f'{{"model": "{model}", "messages": {messages}, "max_tokens": 128}}'
+        return f"/v1/chat/completions{header}'{body}'"
+    body = f'{{"model": "{model}", "prompt": "def fibonacci(n):", "max_tokens": 32}}'
+    return f"/v1/completions{header}'{body}'"
 
 
 def _drain(app_name: str, timeout_s: float, stop: StopSignal) -> None:

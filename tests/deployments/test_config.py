@@ -52,7 +52,9 @@ def test_all_four_examples_exist_and_validate():
             model.serve_deployment_options("cpu")
 
 
-def test_default_config_is_one_bundled_model_with_defaults():
+def test_default_config_is_one_bundled_model_with_defaults(monkeypatch, tmp_path):
+    # Nothing prepared in GAUDI_SERVE_MODELS_DIR: the bundled pycoder.
+    monkeypatch.setenv("GAUDI_SERVE_MODELS_DIR", str(tmp_path))
     config = ServeConfig.default()
     (model,) = config.models
     assert model.name == "pycoder" and model.path is None and model.tp_size == 1
@@ -60,6 +62,22 @@ def test_default_config_is_one_bundled_model_with_defaults():
     assert model.engine.max_num_seqs == 32 and model.engine.block_size == 16
     assert model.engine.enable_prefix_caching and model.speculative is None
     assert config == load_config(EXAMPLES[[p.name for p in EXAMPLES].index("default.yaml")])
+
+
+def test_default_config_serves_smollm2_once_prepared(monkeypatch, tmp_path):
+    from tests.engine.fake_prepared import make_fake_prepared
+
+    monkeypatch.setenv("GAUDI_SERVE_MODELS_DIR", str(tmp_path))
+    folder = make_fake_prepared(tmp_path)
+    (model,) = ServeConfig.default().models
+    assert model.name == "smollm2-135m-instruct" and model.path is None
+    assert model.resolved_path() == folder
+    # Other path-less names: pycoder by its name, anything else the bundled pycoder.
+    assert ModelConfig(name="pycoder").resolved_path().name == "pycoder"
+    assert ModelConfig(name="m").resolved_path().name == "pycoder"
+    (folder / ".prepared.json").unlink()
+    with pytest.raises(FileNotFoundError, match="gaudi-serve models prepare"):
+        model.resolved_path()
 
 
 def test_every_field_of_every_config_model_has_a_description():

@@ -1,8 +1,13 @@
-"""The embedded default models: they load offline, match each other and are really trained."""
+"""The models gaudi-serve provides: the bundled pycoder models load offline, match each other
+and are really trained; the prepared default chat model is found only when complete, and
+without it the default falls back to pycoder, saying how to prepare it (the converted model
+itself: test_smollm2.py)."""
 
 from __future__ import annotations
 
+import json
 import keyword
+import logging
 import math
 import pathlib
 import re
@@ -14,8 +19,16 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 import engine.assets as assets
-from engine.assets import default_draft_model_path, default_model_path
+from engine.assets import (
+    DEFAULT_MODEL_NAME,
+    PREPARED_MARKER,
+    default_draft_model_path,
+    default_model_path,
+    default_models_dir,
+    prepared_model_path,
+)
 from engine.assets.training.corpus import is_held_out
+from tests.engine.fake_prepared import make_fake_prepared
 
 MAX_TOTAL_BYTES = 40 * 1024 * 1024
 UNIFORM_PERPLEXITY = 4096
@@ -26,7 +39,7 @@ NUM_SCORED_TOKENS = 512
 
 @pytest.fixture(scope="module")
 def target() -> LlamaForCausalLM:
-    return AutoModelForCausalLM.from_pretrained(default_model_path(), local_files_only=True).eval()
+    return AutoModelForCausalLM.from_pretrained(pycoder_path(), local_files_only=True).eval()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +51,7 @@ def draft() -> LlamaForCausalLM:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True)
+    return AutoTokenizer.from_pretrained(pycoder_path(), local_files_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +59,12 @@ def draft_tokenizer():
     return AutoTokenizer.from_pretrained(default_draft_model_path(), local_files_only=True)
 
 
+def pycoder_path() -> pathlib.Path:
+    return default_model_path("pycoder")
+
+
 def test_paths_point_at_complete_model_dirs() -> None:
-    for model_dir in (default_model_path(), default_draft_model_path()):
+    for model_dir in (pycoder_path(), default_draft_model_path()):
         assert model_dir.is_absolute()
         for name in ("config.json", "model.safetensors", "generation_config.json"):
             assert (model_dir / name).is_file(), f"{model_dir / name} missing"
@@ -58,7 +75,7 @@ def test_missing_assets_raise_a_clear_error(
 ) -> None:
     monkeypatch.setattr(assets, "_ASSETS_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"pycoder.*engine\.assets\.train"):
-        default_model_path()
+        pycoder_path()
     with pytest.raises(FileNotFoundError, match="pycoder-draft"):
         default_draft_model_path()
 
@@ -79,14 +96,14 @@ def test_models_fit_the_size_budget(target, draft) -> None:
     assert 500_000 <= draft.num_parameters() <= 1_500_000
     total_bytes = sum(
         f.stat().st_size
-        for model_dir in (default_model_path(), default_draft_model_path())
+        for model_dir in (pycoder_path(), default_draft_model_path())
         for f in model_dir.iterdir()
     )
     assert total_bytes <= MAX_TOTAL_BYTES
 
 
 def test_target_and_draft_share_one_vocabulary(target, draft, tokenizer, draft_tokenizer) -> None:
-    target_files = default_model_path()
+    target_files = pycoder_path()
     draft_files = default_draft_model_path()
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (target_files / name).read_bytes() == (draft_files / name).read_bytes()
@@ -154,3 +171,46 @@ def _perplexity(model: LlamaForCausalLM, input_ids: torch.Tensor) -> float:
     with torch.inference_mode():
         logits = model(input_ids=input_ids).logits[0, :-1]
     return math.exp(F.cross_entropy(logits, input_ids[0, 1:]).item())
+
+
+def test_the_default_is_smollm2_once_prepared(tmp_path: pathlib.Path, caplog) -> None:
+    assert default_models_dir() == pathlib.Path.home() / ".cache" / "gaudi-serve" / "models"
+    with caplog.at_level(logging.WARNING, logger="engine.assets"):
+        assert default_model_path(models_dir=tmp_path) == pycoder_path()
+    (record,) = caplog.records
+    assert DEFAULT_MODEL_NAME in record.getMessage()
+    assert "gaudi-serve models prepare" in record.getMessage()
+    with pytest.raises(FileNotFoundError, match=r"not prepared.*gaudi-serve models prepare"):
+        default_model_path(DEFAULT_MODEL_NAME, tmp_path)
+
+    folder = make_fake_prepared(tmp_path)
+    caplog.clear()
+    assert default_model_path(models_dir=tmp_path) == folder
+    assert default_model_path(DEFAULT_MODEL_NAME, tmp_path) == folder
+    assert not caplog.records
+    assert default_model_path("pycoder", tmp_path) == pycoder_path()
+
+
+@pytest.mark.parametrize(
+    "damage", ["no marker", "old format", "not json", "no weights"], ids=lambda d: d
+)
+def test_an_incomplete_prepared_folder_is_not_found(tmp_path: pathlib.Path, damage) -> None:
+    folder = make_fake_prepared(tmp_path)
+    assert prepared_model_path(DEFAULT_MODEL_NAME, tmp_path) == folder
+    marker = folder / PREPARED_MARKER
+    if damage == "no marker":
+        marker.unlink()
+    elif damage == "old format":
+        marker.write_text(json.dumps({"format": 0}))
+    elif damage == "not json":
+        marker.write_text("{")
+    else:
+        (folder / "model.safetensors").unlink()
+    assert prepared_model_path(DEFAULT_MODEL_NAME, tmp_path) is None
+
+
+def test_unknown_names_are_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"smollm2-135m-instruct.*pycoder.*got 'llama'"):
+        default_model_path("llama")
+    with pytest.raises(ValueError, match="got 'pycoder'"):
+        prepared_model_path("pycoder")

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from engine import prefix_block_hashes
 from engine.block_manager import PADDING_BLOCK_ID, BlockManager
+from engine.buckets import BucketConfig
 from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
 from engine.sequence import Sequence
+from engine.shapes import StepShaper
 
 
 def seq(tokens: list[int], rid: str = "r") -> Sequence:
@@ -108,3 +114,186 @@ def test_append_slots_and_trim():
     assert len(s.block_table) == 1
     bm.free(s)
     assert bm.num_free_blocks == 7
+
+
+# -- block hashes and the events that mirror the prefix cache --------------------------
+
+
+def computed(bm: BlockManager, s: Sequence) -> Sequence:
+    """Pretend s's whole allocation was prefilled, and publish its full blocks."""
+    s.num_computed_tokens = s.num_tokens
+    bm.publish_computed_blocks(s)
+    return s
+
+
+def test_published_hashes_are_prefix_block_hashes():
+    bm = BlockManager(num_blocks=16, block_size=4)
+    prompt = list(range(500, 515))  # 3 full blocks + 3
+    a = seq(prompt, "a")
+    bm.allocate(a)
+    computed(bm, a)
+    assert [bm.block_hashes[b] for b in a.block_table[:3]] == prefix_block_hashes(prompt, 4)
+    assert bm.block_hashes[a.block_table[3]] is None
+    assert bm.cached_block_hashes() == set(prefix_block_hashes(prompt, 4))
+    bm.free(a)
+
+
+def test_chunked_publishing_continues_the_chain():
+    bm = BlockManager(num_blocks=16, block_size=4)
+    prompt = list(range(30))
+    a = seq(prompt, "a")
+    bm.allocate(a)
+    for done in (5, 13, 30):  # prefill in chunks that end mid-block
+        a.num_computed_tokens = done
+        bm.publish_computed_blocks(a)
+    assert [bm.block_hashes[b] for b in a.block_table[:7]] == prefix_block_hashes(prompt, 4)
+    bm.free(a)
+
+
+def test_events_number_each_store_and_eviction():
+    bm = BlockManager(num_blocks=4, block_size=2)  # 3 usable
+    a = computed(bm, allocated(bm, [1, 2, 3, 4, 5], "a"))
+    bm.free(a)
+    first, second = prefix_block_hashes([1, 2, 3, 4], 2)
+    batch = bm.drain_events()
+    assert batch == ([(0, "stored", first), (1, "stored", second)], 2, False)
+    other = allocated(bm, [7, 7, 7, 7, 7, 7], "c")  # takes every block: evicts both
+    batch = bm.drain_events()
+    assert sorted(e.block_hash for e in batch.events) == sorted([first, second])
+    assert [e.seq for e in batch.events] == [2, 3]
+    assert {e.kind for e in batch.events} == {"evicted"} and batch.next_seq == 4
+    assert bm.drain_events() == ([], 4, False)
+    bm.free(other)
+
+
+def test_duplicate_content_is_stored_once():
+    bm = BlockManager(num_blocks=8, block_size=2)
+    a = allocated(bm, [1, 2, 3], "a")
+    b = allocated(bm, [1, 2, 3], "b")  # admitted before a's KV was written: no reuse
+    computed(bm, a)
+    computed(bm, b)
+    assert [e.kind for e in bm.drain_events().events] == ["stored"]
+    bm.free(b)
+    bm.free(a)
+    assert bm.cached_block_hashes() == set(prefix_block_hashes([1, 2], 2))
+
+
+def test_no_events_without_prefix_caching():
+    bm = BlockManager(num_blocks=8, block_size=2, enable_prefix_caching=False)
+    bm.free(computed(bm, allocated(bm, [1, 2, 3, 4, 5], "a")))
+    assert bm.drain_events() == ([], 0, False)
+    assert bm.cached_block_hashes() == set()
+
+
+def allocated(bm: BlockManager, tokens: list[int], rid: str) -> Sequence:
+    s = seq(tokens, rid)
+    bm.allocate(s)
+    return s
+
+
+class Workload:
+    """Random requests over a few shared prefixes, run through the real scheduler on a
+    cache small enough to evict and preempt; steps pretend the model ran (as the engine
+    does: advance computed tokens, publish, append a token, finish at a length)."""
+
+    def __init__(self, seed: int, num_blocks: int = 24, **bm_kwargs):
+        block_size = 4
+        buckets = BucketConfig.from_limits(
+            max_num_seqs=6, max_model_len=64, block_size=block_size, max_num_batched_tokens=32
+        )
+        self.bm = BlockManager(num_blocks, block_size, **bm_kwargs)
+        self.sched = Scheduler(self.bm, 6, StepShaper(buckets, block_size))
+        self.rng = random.Random(seed)
+        self.prefixes = [
+            [self.rng.randrange(1000) for _ in range(self.rng.choice((4, 9, 16)))] for _ in range(4)
+        ]
+        self.num_requests = 0
+        self.target_len: dict[str, int] = {}
+
+    def add_request(self) -> None:
+        prompt = self.rng.choice(self.prefixes) + [
+            self.rng.randrange(1000) for _ in range(self.rng.randrange(1, 10))
+        ]
+        rid = f"r{self.num_requests}"
+        self.num_requests += 1
+        self.target_len[rid] = len(prompt) + self.rng.randrange(1, 24)
+        self.sched.add(Sequence(rid, prompt, SamplingParams(), seed=0))
+
+    def step(self, arrivals: bool = True) -> None:
+        if arrivals and (self.rng.random() < 0.4 or not self.sched.has_unfinished):
+            self.add_request()
+        out = self.sched.schedule()
+        for item in out.scheduled if out else ():
+            s = item.seq
+            if not item.is_sampled:
+                s.num_computed_tokens += item.num_tokens
+                self.bm.publish_computed_blocks(s)
+                continue
+            s.token_ids.append(self.rng.randrange(1000))
+            s.num_computed_tokens = s.num_tokens - 1
+            self.bm.publish_computed_blocks(s)
+            if s.num_tokens >= self.target_len[s.request_id]:
+                self.sched.finish(s)
+
+    def run_to_completion(self) -> None:
+        while self.sched.has_unfinished:
+            self.step(arrivals=False)
+
+
+def apply(mirror: set[int], batch, expected_seq: int) -> int:
+    for event in batch.events:
+        assert event.seq == expected_seq
+        expected_seq += 1
+        if event.kind == "stored":
+            assert event.block_hash not in mirror
+            mirror.add(event.block_hash)
+        else:
+            assert event.kind == "evicted"
+            mirror.remove(event.block_hash)
+    assert batch.next_seq == expected_seq
+    return expected_seq
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_events_mirror_the_cache_under_random_workloads(seed):
+    w = Workload(seed)
+    mirror: set[int] = set()
+    next_seq = 0
+    evicted = False
+    for step in range(400):
+        w.step()
+        if step % w.rng.choice((1, 3, 7)) == 0:
+            batch = w.bm.drain_events()
+            assert not batch.overflowed
+            evicted |= any(e.kind == "evicted" for e in batch.events)
+            next_seq = apply(mirror, batch, next_seq)
+            assert mirror == w.bm.cached_block_hashes()
+    w.run_to_completion()
+    next_seq = apply(mirror, w.bm.drain_events(), next_seq)
+    assert mirror == w.bm.cached_block_hashes()
+    # The workload exercised what it is for.
+    assert evicted and w.sched.num_preemptions and w.bm.num_prefix_hits_tokens
+    assert w.bm.num_free_blocks == w.bm.num_usable_blocks
+
+
+def test_overflow_then_resync_from_a_snapshot_is_exact():
+    w = Workload(seed=11, max_pending_events=8)
+    for _ in range(100):  # nobody drains: the log overflows and keeps nothing
+        w.step()
+    batch = w.bm.drain_events()
+    assert batch.overflowed and batch.events == [] and batch.next_seq > 8
+    mirror, next_seq = w.bm.cached_block_hashes(), batch.next_seq  # the same moment
+    for _ in range(200):
+        w.step()
+        batch = w.bm.drain_events()
+        if batch.overflowed:
+            mirror, next_seq = w.bm.cached_block_hashes(), batch.next_seq
+        else:
+            next_seq = apply(mirror, batch, next_seq)
+        assert mirror == w.bm.cached_block_hashes()
+    w.run_to_completion()
+
+
+def test_max_pending_events_is_checked():
+    with pytest.raises(ValueError, match="max_pending"):
+        BlockManager(num_blocks=4, block_size=2, max_pending_events=0)

@@ -32,6 +32,7 @@ LIGHT_NAMES = (
     "default_draft_model_path",
     "default_model_path",
     "is_bucket_values",
+    "prefix_block_hashes",
     "resolve_max_model_len",
 )
 

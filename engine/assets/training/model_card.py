@@ -47,12 +47,13 @@ def render_model_card(run: TrainingRun) -> str:
     target, draft, held = run.target, run.draft, run.held_out
     rows = "\n".join(_model_row(m) for m in (target, draft))
     train_rows = "\n".join(_train_row(m) for m in (target, draft))
-    return f"""# pycoder and pycoder-draft: the embedded default models
+    return f"""# pycoder and pycoder-draft: the embedded models
 
-Two tiny Llama models bundled with gaudi-serve so that `gaudi-serve up`, the tests and the
-examples run with no download. They complete Python source; they are **not** useful
-assistants. `pycoder` is the default model; `pycoder-draft` is its speculative-decoding
-draft and uses the identical tokenizer files.
+Two tiny Llama models bundled with gaudi-serve so that the tests and the examples run with
+no download. They complete Python source; they are **not** useful assistants. `pycoder` is
+what `gaudi-serve up` serves when the default chat model (SmolLM2, prepared at install time)
+is missing; `pycoder-draft` is its speculative-decoding draft and uses the identical
+tokenizer files.
 
 ## Architecture
 

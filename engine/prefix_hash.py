@@ -1,0 +1,62 @@
+"""The prefix-cache block hash: one pure function the block manager and the router share.
+
+A full block of `block_size` tokens is named by a hash chained over every token up to its
+end, so two prompts share a block's hash exactly when they share all tokens up to there.
+The block manager publishes computed blocks under these hashes; a router hashes a prompt
+the same way to ask which replica holds its leading blocks. Both call the functions here,
+so they agree by construction. Host-only and torch-free (the router imports it).
+
+Worked example (block_size 4): tokens [1..10] have two full blocks, [1, 2, 3, 4] and
+[5, 6, 7, 8]; the trailing [9, 10] is not hashed.
+
+    >>> hashes = prefix_block_hashes(list(range(1, 11)), 4)
+    >>> len(hashes)
+    2
+    >>> hashes[0] == block_hash(None, [1, 2, 3, 4])
+    True
+    >>> hashes[1] == block_hash(hashes[0], [5, 6, 7, 8])
+    True
+    >>> prefix_block_hashes([1, 2, 3, 4, 99], 4)[0] == hashes[0]  # same first block
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Sequence
+
+HASH_BYTES = 16  # 128-bit: a collision would serve another prompt's KV, so keep it negligible
+
+
+def block_hash(parent: int | None, token_ids: Sequence[int]) -> int:
+    """Hash of one full block of token ids, chained on the previous block's hash (None for
+    the first block). Token ids are unsigned 32-bit; anything else raises struct.error."""
+    h = hashlib.blake2b(
+        b"" if parent is None else parent.to_bytes(HASH_BYTES, "little"), digest_size=HASH_BYTES
+    )
+    h.update(struct.pack(f"<I{len(token_ids)}I", len(token_ids), *token_ids))
+    return int.from_bytes(h.digest(), "little")
+
+
+def prefix_block_hashes(
+    token_ids: Sequence[int],
+    block_size: int,
+    num_blocks: int | None = None,
+    parent: int | None = None,
+) -> list[int]:
+    """The chained hashes of the full blocks of token_ids, in order.
+
+    num_blocks: hash at most this many leading blocks (default: every full block).
+    parent: the hash of the block just before token_ids[0], to continue a chain.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be a positive number of tokens, got {block_size}")
+    count = len(token_ids) // block_size
+    if num_blocks is not None:
+        count = min(count, max(num_blocks, 0))
+    hashes = []
+    for i in range(count):
+        parent = block_hash(parent, token_ids[i * block_size : (i + 1) * block_size])
+        hashes.append(parent)
+    return hashes
