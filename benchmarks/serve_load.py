@@ -14,10 +14,12 @@ another (greedy, `--max-tokens` each, EOS ignored where the server allows it). R
 system and client count: output tokens/s over the whole run, time to first token (TTFT) and
 inter-token latency (ITL: per request, the mean gap between tokens after the first) p50/p99
 over requests. Tokens are counted from the stream's usage event where the server sends one,
-else one per text event. Also reported: CPU milliseconds per generated token of each
-process of the server (the server and everything under it, from psutil), at the largest
-client count. Every server gets the same CPU threads (OMP_NUM_THREADS =
---num-threads).
+else one per text event. Also reported, at every client count: CPU milliseconds per
+generated token of each process of the server (the server and everything under it, from
+psutil), and for gaudi-serve the part of it spent in the forward (its replicas'
+`forward_cpu_s` on /metrics: the stepping thread's CPU in the executor plus torch's worker
+threads', engine.thread_cpu), and what is left outside it. Every server gets the same CPU
+threads (OMP_NUM_THREADS = --num-threads).
 """
 
 # NOTE: no `from __future__ import annotations`: FastAPI must see the plain server's real
@@ -226,6 +228,41 @@ def _process_name(proc) -> str:
     return proc.name()
 
 
+FORWARD_METRIC = "gaudi_serve_engine_forward_cpu_s"
+
+
+def forward_thread_cpu_s(url: str) -> float | None:
+    """gaudi-serve's replicas' CPU seconds in the forward, summed (from /metrics); None for
+    a server that does not export it."""
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=30).text
+    except httpx.HTTPError:
+        return None
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        # untyped, or a counter (`_total`) once deployments.metrics declares its kind
+        if line.startswith((f"{FORWARD_METRIC}{{", f"{FORWARD_METRIC}_total{{"))
+    ]
+    return sum(values) if values else None
+
+
+def forward_share(
+    cpu_ms: dict[str, float], before: float | None, after: float | None, num_tokens: int
+) -> dict[str, float]:
+    """The forward's CPU ms per token, its share of the total and the CPU ms per token
+    outside it; {} when the server exports no forward time."""
+    if before is None or after is None:
+        return {}
+    forward_ms = 1e3 * (after - before) / max(1, num_tokens)
+    total = cpu_ms["total"]
+    return {
+        "forward_ms_per_token": round(forward_ms, 3),
+        "forward_share": round(forward_ms / total, 3) if total else 0.0,
+        "outside_forward_ms_per_token": round(total - forward_ms, 3),
+    }
+
+
 def cpu_per_token_ms(before: dict, after: dict, num_tokens: int) -> dict[str, float]:
     """Milliseconds of CPU per generated token over one run, summed by process name (only
     names that used at least 0.05 ms/token), plus "total"."""
@@ -354,6 +391,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="gaudi-serve's stream interval(s), comma-separated: one gaudi-serve run each "
         "(0, the default: a chunk per engine step)",
     )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL:NAME=VALUE[,NAME=VALUE...]",
+        help="one more gaudi-serve run with these environment variables (e.g. Ray Serve "
+        "settings), labelled 'gaudi-serve, LABEL'; repeatable",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     p.add_argument("--log-dir", type=Path, default=Path("/tmp/serve_load_logs"))
     p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
@@ -405,13 +450,18 @@ def main(argv=None) -> int:
             ]
             asyncio.run(run_load(label, url, bodies[:2], 2, 1))  # warm the path up
             for num_clients in (int(c) for c in args.clients.split(",")):
+                forward_before = forward_thread_cpu_s(url) if system == "gaudi-serve" else None
                 cpu_before = process_tree_cpu_s(process)
                 result = asyncio.run(
                     run_load(label, url, bodies, num_clients, args.requests_per_client)
                 )
+                cpu_after = process_tree_cpu_s(process)
+                forward_after = forward_thread_cpu_s(url) if system == "gaudi-serve" else None
                 rows.append(result.row())
-                rows[-1]["cpu_ms_per_token"] = cpu_per_token_ms(
-                    cpu_before, process_tree_cpu_s(process), result.num_tokens
+                cpu_ms = cpu_per_token_ms(cpu_before, cpu_after, result.num_tokens)
+                rows[-1]["cpu_ms_per_token"] = cpu_ms
+                rows[-1].update(
+                    forward_share(cpu_ms, forward_before, forward_after, result.num_tokens)
                 )
                 print(json.dumps(rows[-1]), file=sys.stderr)
         finally:
@@ -426,7 +476,7 @@ def main(argv=None) -> int:
 
 def runs(args) -> list[tuple[str, str, dict[str, str]]]:
     """(system, label, extra env) of every server to start: gaudi-serve once per stream
-    interval."""
+    interval, then once per --variant."""
     out = []
     for system in args.systems.split(","):
         if system != "gaudi-serve":
@@ -435,19 +485,32 @@ def runs(args) -> list[tuple[str, str, dict[str, str]]]:
         for interval in args.stream_interval_ms.split(","):
             label = system if float(interval) == 0 else f"{system}, stream {interval} ms"
             out.append((system, label, {"GAUDI_SERVE_STREAM_INTERVAL_MS": interval}))
+        for variant in args.variant:
+            label, _, assignments = variant.partition(":")
+            env = dict(a.split("=", 1) for a in assignments.split(",") if "=" in a)
+            if not label or not env:
+                raise ValueError(f"--variant must be LABEL:NAME=VALUE[,...], got {variant!r}")
+            out.append((system, f"{system}, {label}", env))
     return out
 
 
 def cpu_table(rows: list[dict]) -> str:
-    """CPU ms per generated token by process, at each system's largest client count."""
-    lines = ["| system | clients | CPU ms per generated token, by process |", "|---|---|---|"]
-    largest: dict[str, dict] = {}
+    """CPU ms per generated token by process at every client count, with the forward's
+    share where the server reports it."""
+    lines = [
+        "| system | clients | CPU ms per generated token, by process | forward ms (share) "
+        "| outside the forward ms |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        if "skipped" not in r and r["clients"] >= largest.get(r["system"], {}).get("clients", 0):
-            largest[r["system"]] = r
-    for system, r in largest.items():
+        if "skipped" in r:
+            continue
         parts = ", ".join(f"{n} {v:.2f}" for n, v in r["cpu_ms_per_token"].items())
-        lines.append(f"| {system} | {r['clients']} | {parts} |")
+        forward = outside = "-"
+        if "forward_ms_per_token" in r:
+            forward = f"{r['forward_ms_per_token']:.2f} ({100 * r['forward_share']:.0f}%)"
+            outside = f"{r['outside_forward_ms_per_token']:.2f}"
+        lines.append(f"| {r['system']} | {r['clients']} | {parts} | {forward} | {outside} |")
     return "\n".join(lines)
 
 

@@ -1,14 +1,20 @@
 """What an `LLMServer` replica sends back through a deployment handle.
 
 A generation streams `GenerationChunk`s: each carries only what is new since the previous
-chunk (text and tokens), so a long answer does not resend its prefix on every step. These
-are plain frozen dataclasses: the ingress and Python clients unpickle them without loading
-a model or a tokenizer.
+chunk (text and tokens), so a long answer does not resend its prefix on every step. A
+caller that opened a step stream (the ingress) gets, per engine step, one message with the
+chunks of all its requests on that replica instead of one message per request (see
+`LLMServer.step_stream`). These are plain frozen dataclasses: the ingress and Python
+clients unpickle them without loading a model or a tokenizer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# NOTE: each class pickles as (class, field values in order) through __reduce__: a few
+# bytes per token rather than a field-name dict per object (a stream sends a chunk per
+# engine step). A new field must be added to its __reduce__ too.
 
 
 @dataclass(frozen=True)
@@ -18,6 +24,9 @@ class TopToken:
     id: int
     text: str
     logprob: float
+
+    def __reduce__(self) -> tuple:
+        return TopToken, (self.id, self.text, self.logprob)
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,9 @@ class GeneratedToken:
     is_special: bool
     logprob: float | None = None
     top: tuple[TopToken, ...] = ()
+
+    def __reduce__(self) -> tuple:
+        return GeneratedToken, (self.id, self.text, self.is_special, self.logprob, self.top)
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,11 @@ class GenerationChunk:
     finish_reason: str | None = None
     stop_reason: str | int | None = None
 
+    def __reduce__(self) -> tuple:
+        fields = (self.request_id, self.text, self.tokens, self.num_prompt_tokens)
+        fields += (self.num_cached_tokens, self.num_generated_tokens)
+        return GenerationChunk, (*fields, self.finish_reason, self.stop_reason)
+
     @property
     def is_finished(self) -> bool:
         return self.finish_reason is not None
@@ -59,6 +76,16 @@ class GenerationChunk:
     def is_stop_string(self) -> bool:
         """Whether a stop string (rather than EOS or a stop token) ended the request."""
         return self.finish_reason == "stop" and isinstance(self.stop_reason, str)
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """Sent on a request's own stream, right after its first chunk, when the rest of its
+    chunks travel on a step stream (`LLMServer.step_stream`) of the caller's session: the
+    own stream then sends nothing more and ends once the request has finished (or raises,
+    as it would have). `step_stream_id` names the step stream that carries them."""
+
+    step_stream_id: str
 
 
 @dataclass(frozen=True)

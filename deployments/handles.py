@@ -4,7 +4,10 @@ back through a handle into an `ApiError`.
 
 A stream is opened eagerly: `SampleStream.open()` waits for the first chunk, so bad input,
 overload and a dead engine surface as errors *before* any HTTP header is sent and get a
-proper status code, rather than an error in the middle of a 200 stream.
+proper status code, rather than an error in the middle of a 200 stream. After the first
+chunk, a request's replica may move the rest onto one of the model's step streams, which
+carry one message per engine step for all the ingress's requests there
+(deployments.step_streams, deployments.step_fanout).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from ray.exceptions import RayActorError, RayTaskError
@@ -22,10 +25,12 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from deployments.generation import (
     EngineUnavailableError,
     GenerationChunk,
+    Handoff,
     InvalidRequestError,
     ModelInfo,
 )
 from deployments.protocol import ApiError
+from deployments.step_fanout import StepFanout, StepStreamEnded
 
 RETRY_AFTER_S = 1.0
 # Generation streams go over Serve's inter-deployment gRPC channel (every replica runs one)
@@ -42,14 +47,32 @@ OnSampleDone = Callable[[float, float, GenerationChunk], None]
 
 
 class ModelTable:
-    """The served models by name, each a DeploymentHandle to its LLMServer deployment."""
+    """The served models by name, each a DeploymentHandle to its LLMServer deployment, and
+    the step streams (deployments.step_fanout) of those in `step_stream_models`."""
 
-    def __init__(self, handles: dict[str, DeploymentHandle], default_model: str | None = None):
+    def __init__(
+        self,
+        handles: dict[str, DeploymentHandle],
+        default_model: str | None = None,
+        step_stream_models: Iterable[str] | None = None,
+    ):
         if not handles:
             raise ValueError("at least one model deployment is required")
         self.handles = handles
         self.default_model = default_model or next(iter(handles))
         self._infos: dict[str, ModelInfo] = {}
+        # Models whose chunks may travel on step streams (None: all); a step stream holds
+        # one of its replica's max_ongoing_requests slots.
+        names = handles if step_stream_models is None else step_stream_models
+        self.fanouts = {name: StepFanout(handles[name], STREAM_OPTIONS) for name in names}
+
+    def sample_stream(
+        self, model: str, index: int, on_done: OnSampleDone | None, **generate_kwargs: Any
+    ) -> SampleStream:
+        """One engine request of `model` (generate_kwargs include its request_id), whose
+        chunks may travel on the model's step streams."""
+        fanout = self.fanouts.get(model)
+        return SampleStream(self.handles[model], index, on_done, fanout, **generate_kwargs)
 
     @property
     def names(self) -> list[str]:
@@ -79,37 +102,76 @@ class ModelTable:
 
 
 class SampleStream:
-    """One engine request (one choice) through a handle. Call `open()` first."""
+    """One engine request (one choice) through a handle. Call `open()` first.
+
+    With a `fanout` (the ingress's), the request joins its session: after the first chunk
+    its replica may hand the rest to a step stream (deployments.step_streams), whose
+    chunks come through the fan-out's queue; the request's own stream then only reports
+    its failure, and cancelling it still aborts the request."""
 
     def __init__(
         self,
         handle: DeploymentHandle,
         index: int,
         on_done: OnSampleDone | None = None,
+        fanout: StepFanout | None = None,
         **generate_kwargs: Any,
     ):
         self.handle = handle
         self.index = index
         self.on_done = on_done
+        self.fanout = fanout
         self.generate_kwargs = generate_kwargs
         self._gen: DeploymentResponseGenerator | None = None
         self._first: GenerationChunk | None = None
+        self._fanout_queue: asyncio.Queue | None = None  # its chunks from step streams
+        self._queue: asyncio.Queue | None = None  # that queue, once handed off to one
+        self._watcher: asyncio.Task | None = None
         self._is_finished = False
         self._start_s = time.monotonic()
 
     async def open(self) -> None:
         """Send the request and wait for its first chunk (raises ApiError)."""
-        self._gen = self.handle.options(**STREAM_OPTIONS).generate.remote(**self.generate_kwargs)
+        kwargs = self.generate_kwargs
+        if self.fanout is not None:
+            self._fanout_queue = self.fanout.register(kwargs["request_id"])
+            kwargs = {**kwargs, "session": self.fanout.session}
+        self._gen = self.handle.options(**STREAM_OPTIONS).generate.remote(**kwargs)
         self._first = await self._next()
         self._first_s = time.monotonic()
 
     async def _next(self) -> GenerationChunk:
+        if self._queue is not None:
+            item = await self._queue.get()
+            if isinstance(item, BaseException):
+                raise to_api_error(item) from None
+            return item
+        item = await self._next_own()
+        if isinstance(item, Handoff):
+            self.fanout.bind(self.generate_kwargs["request_id"], item.step_stream_id)
+            self._queue = self._fanout_queue
+            self._watcher = asyncio.create_task(self._watch_own())
+            return await self._next()
+        if self._first is not None and self.fanout is not None:
+            self.fanout.on_own_stream(self._start_s)
+        return item
+
+    async def _next_own(self) -> GenerationChunk | Handoff:
         try:
             return await self._gen.__anext__()
         except StopAsyncIteration:
             raise ApiError(500, "the model's stream ended without finishing") from None
         except Exception as exc:
             raise to_api_error(exc) from None
+
+    async def _watch_own(self) -> None:
+        """After a Handoff the own stream only ends, or fails: pass a failure on."""
+        try:
+            await self._gen.__anext__()
+        except StopAsyncIteration:
+            return
+        except Exception as exc:
+            self._queue.put_nowait(exc)
 
     async def chunks(self) -> AsyncIterator[GenerationChunk]:
         """Every chunk, the first included, until the request finishes."""
@@ -127,6 +189,10 @@ class SampleStream:
 
     def close(self) -> None:
         """Cancel the request if it is still running (its KV blocks are freed)."""
+        if self.fanout is not None:
+            self.fanout.unregister(self.generate_kwargs["request_id"])
+        if self._watcher is not None and not self._is_finished:
+            self._watcher.cancel()
         if self._gen is None or self._is_finished:
             return
         # cancel() re-raises the request's own failure, which was already reported
@@ -203,7 +269,7 @@ def to_api_error(exc: BaseException) -> ApiError:
             code="overloaded",
             retry_after_s=cause.retry_after_s or RETRY_AFTER_S,
         )
-    if isinstance(cause, (DeploymentUnavailableError, RayActorError)):
+    if isinstance(cause, (DeploymentUnavailableError, RayActorError, StepStreamEnded)):
         message = f"the model is unavailable, retry later ({type(cause).__name__})"
         return ApiError(503, message, code="unavailable", retry_after_s=RETRY_AFTER_S)
     raise exc

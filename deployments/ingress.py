@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 app = FastAPI(title="gaudi-serve", description="OpenAI- and TGI-compatible LLM serving")
 
+# A model that takes fewer requests at once streams each on its own (deployments.step_fanout).
+MIN_ONGOING_FOR_STEP_STREAMS = 16
+
 # Handler of one API route: (models, resolved model name, parsed request, per-sample hook).
 RouteHandler = Callable[[ModelTable, str, Any, OnSampleDone], Awaitable[Response]]
 
@@ -70,6 +73,19 @@ def _as_api_error(exc: Exception) -> ApiError:
         return ApiError(500, f"internal error: {type(exc).__name__}")
 
 
+def _step_stream_models(
+    servers: dict[str, DeploymentHandle], max_ongoing_requests: dict[str, int] | None
+) -> list[str]:
+    """Models whose chunks travel on step streams: those that take at least
+    MIN_ONGOING_FOR_STEP_STREAMS requests at once (a step stream holds one of the slots)."""
+    limits = max_ongoing_requests or {}
+    return [
+        m
+        for m in servers
+        if limits.get(m, MIN_ONGOING_FOR_STEP_STREAMS) >= MIN_ONGOING_FOR_STEP_STREAMS
+    ]
+
+
 def _error_response(error: ApiError, is_tgi: bool) -> Response:
     body = tgi_error_body(error) if is_tgi else openai_error_body(error)
     return JSONResponse(body, status_code=error.status, headers=error.headers)
@@ -89,7 +105,9 @@ class Ingress:
         default_model: str | None = None,
         max_ongoing_requests: dict[str, int] | None = None,
     ):
-        self.models = ModelTable(servers, default_model)
+        self.models = ModelTable(
+            servers, default_model, _step_stream_models(servers, max_ongoing_requests)
+        )
         self.metrics = ServeMetrics()
         self.replicas = ReplicaMonitor(self.models.names)
         self._max_ongoing = max_ongoing_requests or {}

@@ -31,7 +31,12 @@ from engine import METRIC_COUNTER, METRIC_GAUGE, EngineStats
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "gaudi_serve"
 # Stats LLMServer.stats adds to the engine's, by kind (the kinds engine.stats declares).
-SERVER_STAT_KINDS = {"generation_tokens_per_s": METRIC_GAUGE, "is_healthy": METRIC_GAUGE}
+SERVER_STAT_KINDS = {
+    "generation_tokens_per_s": METRIC_GAUGE,
+    "is_healthy": METRIC_GAUGE,
+    "forward_cpu_s": METRIC_COUNTER,
+    "num_step_stream_requests": METRIC_COUNTER,
+}
 _TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _TPOT_BUCKETS_S = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 

@@ -148,8 +148,8 @@ def _open_streams(
         for sample_index in range(n):
             index = prompt_index * n + sample_index
             streams.append(
-                SampleStream(
-                    table.handles[model],
+                table.sample_stream(
+                    model,
                     index,
                     on_done,
                     params=params_for_sample(params, sample_index),

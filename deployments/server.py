@@ -8,6 +8,7 @@ returns) fails it, and Serve replaces the replica.
 Handle methods (from the ingress or `deployments.client`):
 
     handle.options(stream=True).generate.remote(prompt, params)  -> GenerationChunk stream
+    handle.options(stream=True).step_stream.remote(session)      -> per-step chunk batches
     handle.tokenize.remote(text)   handle.model_info.remote()   handle.stats.remote()
 """
 
@@ -31,17 +32,19 @@ from deployments.generation import (
     EngineUnavailableError,
     GeneratedToken,
     GenerationChunk,
+    Handoff,
     InvalidRequestError,
     ModelInfo,
     TopToken,
 )
+from deployments.step_streams import StepStream, StepStreams
 from engine import (
     AsyncEngine,
     EmptyPromptError,
     EngineDeadError,
     ExecutorFactory,
     PromptTooLongError,
-    RequestOutput,
+    RequestDelta,
     SamplingParams,
 )
 from sharding.factory import create_executor
@@ -70,6 +73,8 @@ class LLMServer:
         self._info = self.engine.info()
         self._probe_timeout_s = model.serve.health_check_timeout_s * HEALTH_PROBE_TIMEOUT_SHARE
         self._throughput = _RateMeter(THROUGHPUT_WINDOW_S)
+        self._step_streams = StepStreams()
+        self._num_handed_off = 0
         interval_ms = model.serve.stream_interval_ms
         self._stream_interval_s = (
             stream_interval_ms() if interval_ms is None else interval_ms
@@ -90,12 +95,15 @@ class LLMServer:
         *,
         messages: list[dict[str, str]] | None = None,
         truncate: int | None = None,
-    ) -> AsyncIterator[GenerationChunk]:
+        session: str | None = None,
+    ) -> AsyncIterator[GenerationChunk | Handoff]:
         """Stream a generation. Give `prompt` (text or token ids) or chat `messages` (the
         model's chat template is applied here). `truncate` keeps the last N prompt tokens.
         Raises InvalidRequestError (naming the input) before the first chunk for bad input,
         EngineUnavailableError if the engine fails. Closing the stream early aborts the
-        request and frees its KV blocks."""
+        request and frees its KV blocks. With the `session` of a step stream open on this
+        replica, the first chunk is followed by a Handoff and the rest travel on the step
+        stream (deployments.step_streams)."""
         try:
             prompt_input = self._prepare_prompt(prompt, messages, truncate)
             params = params or SamplingParams()
@@ -103,18 +111,27 @@ class LLMServer:
             stream = self.engine.generate(prompt_input, params, request_id)
             # aclosing: a consumer that goes away (GeneratorExit at our yield) still closes
             # the engine's stream, which aborts the request.
-            async with contextlib.aclosing(stream):
-                previous: RequestOutput | None = None
-                last_sent_s = 0.0
-                async for out in stream:
-                    # Outputs are cumulative: one held back is sent with the next. The first
-                    # and the last are never held.
-                    now = time.monotonic()
-                    is_held = previous is not None and not out.finished
-                    if is_held and now - last_sent_s < self._stream_interval_s:
-                        continue
-                    yield self._chunk(out, previous)
-                    previous, last_sent_s = out, now
+            chunks = self._chunks(stream)
+            async with contextlib.aclosing(stream), contextlib.aclosing(chunks):
+                carrier: StepStream | None = None
+                try:
+                    async for chunk in chunks:
+                        if carrier is None:
+                            yield chunk
+                            carrier = self._step_streams.find(session)
+                            if carrier is None or chunk.is_finished:
+                                carrier = None
+                                continue
+                            carrier.num_requests += 1
+                            self._num_handed_off += 1
+                            yield Handoff(carrier.id)
+                        elif carrier.is_open:
+                            carrier.send(chunk)
+                        else:  # the caller's step stream went away: so did the caller
+                            return
+                finally:
+                    if carrier is not None:
+                        carrier.num_requests -= 1
         except InvalidRequestError:
             raise
         except (EmptyPromptError, PromptTooLongError) as exc:
@@ -148,25 +165,56 @@ class LLMServer:
             prompt = ids[-truncate:]
         return prompt
 
-    def _chunk(self, out: RequestOutput, previous: RequestOutput | None) -> GenerationChunk:
-        num_old = len(previous.token_ids) if previous is not None else 0
-        old_text = previous.text if previous is not None else ""
-        logprobs = out.logprobs[num_old:] if out.logprobs is not None else None
-        tokens = tuple(
-            self._token(token_id, logprobs[i] if logprobs is not None else None)
-            for i, token_id in enumerate(out.token_ids[num_old:])
-        )
+    async def step_stream(self, session: str) -> AsyncIterator[str | tuple[GenerationChunk, ...]]:
+        """A step stream of the caller `session`: first its id (what a Handoff names), then
+        per engine step one tuple of the chunks of the session's requests handed off to it.
+        Runs until the caller closes it."""
+        carrier = self._step_streams.open(session)
+        try:
+            yield carrier.id
+            async for batch in carrier.batches():
+                yield batch
+        finally:
+            self._step_streams.close(carrier)
+
+    async def _chunks(self, stream: AsyncIterator[RequestDelta]) -> AsyncIterator[GenerationChunk]:
+        """A chunk per engine delta; with a stream interval, deltas that come sooner than
+        it after the previous chunk are held back and sent merged with the next. The first
+        and the last are never held."""
+        interval_s = self._stream_interval_s
+        num_prompt_tokens = 0
+        held: RequestDelta | None = None
+        last_sent_s = 0.0
+        async for delta in stream:
+            if delta.prompt_token_ids is not None:
+                num_prompt_tokens = len(delta.prompt_token_ids)
+            if held is not None:
+                delta, held = held.merged(delta), None
+            if interval_s and last_sent_s and not delta.finished:
+                now = time.monotonic()
+                if now - last_sent_s < interval_s:
+                    held = delta
+                    continue
+            if interval_s:
+                last_sent_s = time.monotonic()
+            yield self._chunk(delta, num_prompt_tokens)
+
+    def _chunk(self, delta: RequestDelta, num_prompt_tokens: int) -> GenerationChunk:
+        logprobs = delta.logprobs
+        if logprobs is None:
+            special = self._info.special_token_ids
+            tokens = tuple(GeneratedToken(t, None, t in special) for t in delta.token_ids)
+        else:
+            tokens = tuple(map(self._token, delta.token_ids, logprobs))
         return GenerationChunk(
-            request_id=out.request_id,
-            # Text grows by appending, except that a stop string found later is cut back
-            # out; the cut text was never sent (the detokenizer holds back partial matches).
-            text=out.text[len(old_text) :] if out.text.startswith(old_text) else "",
+            request_id=delta.request_id,
+            text=delta.text,
             tokens=tokens,
-            num_prompt_tokens=len(out.prompt_token_ids),
-            num_cached_tokens=out.num_cached_tokens,
-            num_generated_tokens=len(out.token_ids),
-            finish_reason=out.finish_reason if out.finished else None,
-            stop_reason=out.stop_reason if out.finished else None,
+            num_prompt_tokens=num_prompt_tokens,
+            num_cached_tokens=delta.num_cached_tokens,
+            num_generated_tokens=delta.num_generated_tokens,
+            finish_reason=delta.finish_reason,
+            stop_reason=delta.stop_reason,
         )
 
     def _token(self, token_id: int, logprob) -> GeneratedToken:
@@ -198,8 +246,9 @@ class LLMServer:
     # -- stats and health ---------------------------------------------------------------
     def stats(self) -> dict[str, float]:
         """Engine stats (every numeric EngineStats field and padding_ratio) plus generated
-        tokens per second over the last THROUGHPUT_WINDOW_S and whether the engine is
-        healthy."""
+        tokens per second over the last THROUGHPUT_WINDOW_S, whether the engine is healthy
+        the CPU seconds the replica spent in the forward (`forward_cpu_s`) and the requests
+        handed off to a step stream (`num_step_stream_requests`), both counters."""
         stats = self.engine.stats()
         values = {
             name: float(value)
@@ -212,6 +261,8 @@ class LLMServer:
             values.get("num_generated_tokens", 0.0)
         )
         values["is_healthy"] = float(self.engine.is_healthy)
+        values["forward_cpu_s"] = self.engine.forward_cpu_s
+        values["num_step_stream_requests"] = float(self._num_handed_off)
         return values
 
     def record_autoscaling_stats(self) -> dict[str, float]:

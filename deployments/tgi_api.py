@@ -85,8 +85,8 @@ async def generate_stream(
 async def _open(
     table: ModelTable, model: str, request: GenerateRequest, on_done: OnSampleDone
 ) -> SampleStream:
-    stream = SampleStream(
-        table.handles[model],
+    stream = table.sample_stream(
+        model,
         0,
         on_done,
         prompt=request.inputs,

@@ -27,6 +27,7 @@ _EXPORTS = {
     # requests and their results
     "SamplingParams": "engine.sampling_params",
     "RequestOutput": "engine.outputs",
+    "RequestDelta": "engine.outputs",
     "TokenLogprob": "engine.outputs",
     "EmptyPromptError": "engine.errors",
     "EngineDeadError": "engine.errors",

@@ -4,6 +4,10 @@ a server needs besides (warm-up, encoding, model info, stats, health).
 Steps run in a worker thread so the event loop stays free. Scheduler state is only ever
 touched on the event loop thread between steps: new requests and aborts are applied just
 before the next step starts, so the loop never races a running step.
+
+A stream yields `RequestDelta`s: what each step added, never a copy of what came before.
+Deltas that queued up while the consumer was busy are merged into one, so a slow consumer
+(a busy replica sending chunks) gets fewer, larger messages rather than a backlog.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from engine.engine_info import EngineInfo
 from engine.errors import EngineDeadError
 from engine.executor import ExecutorFactory
 from engine.llm_engine import Engine
-from engine.outputs import RequestOutput
+from engine.outputs import RequestDelta
 from engine.sampling_params import SamplingParams
 from engine.stats import EngineStats
+from engine.thread_cpu import current_thread_id, helper_threads_cpu_s, name_this_thread
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +35,8 @@ class AsyncEngine:
 
     engine = AsyncEngine(EngineConfig())   # loads the model
     engine.warm_up([0], SamplingParams(max_tokens=2))  # optional: before serving
-    async for out in engine.generate("def f(x):", SamplingParams(max_tokens=16), "req-1"):
-        print(out.text)                     # cumulative text so far
+    async for delta in engine.generate("def f(x):", SamplingParams(max_tokens=16), "req-1"):
+        print(delta.text, end="")           # the text this step added
 
     `executor_factory` builds the executor (see engine.executor.ExecutorFactory); None = the
     local one for tp_size 1, the registered tensor-parallel one otherwise.
@@ -51,7 +56,14 @@ class AsyncEngine:
         self._loop_task: asyncio.Task | None = None
         self._stepping = False
         self._dead: BaseException | None = None
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine-step")
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="engine-step", initializer=self._on_step_thread_start
+        )
+        self._step_thread_id: int | None = None
+
+    def _on_step_thread_start(self) -> None:
+        name_this_thread()
+        self._step_thread_id = current_thread_id()
 
     @property
     def config(self) -> EngineConfig:
@@ -124,6 +136,16 @@ class AsyncEngine:
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
+    @property
+    def forward_cpu_s(self) -> float:
+        """CPU seconds of this process spent in the executor since start-up (the forward
+        and the sampling; at tp_size 1 the whole forward): the stepping thread's time in
+        `execute` plus all the time of the threads it started (torch's intra-op workers,
+        spinning between parallel regions included). benchmarks/serve_load.py reports its
+        share of the serving processes' CPU."""
+        helpers_s = helper_threads_cpu_s(self._step_thread_id) if self._step_thread_id else 0.0
+        return self.engine.execute_thread_cpu_s + helpers_s
+
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():
             self._wakeup = asyncio.Event()
@@ -134,10 +156,11 @@ class AsyncEngine:
         prompt: str | list[int],
         params: SamplingParams,
         request_id: str,
-    ) -> AsyncIterator[RequestOutput]:
-        """Yield cumulative outputs until the request finishes. Raises ValueError for a bad
-        prompt and EngineDeadError if the engine fails. Closing the iterator early (the
-        client went away) aborts the request and frees its blocks."""
+    ) -> AsyncIterator[RequestDelta]:
+        """Yield deltas until the request finishes (the first carries the prompt's token
+        ids; those queued meanwhile come merged). Raises ValueError for a bad prompt and
+        EngineDeadError if the engine fails. Closing the iterator early (the client went
+        away) aborts the request and frees its blocks."""
         if self._dead is not None:
             raise EngineDeadError(f"engine is dead: {self._dead!r}")
         if request_id in self._streams:
@@ -149,12 +172,21 @@ class AsyncEngine:
         self._wakeup.set()
         finished = False
         try:
+            error: BaseException | None = None
             while not finished:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
+                while not queue.empty():
+                    later = queue.get_nowait()
+                    if isinstance(later, BaseException):
+                        error = later  # raised once the deltas before it are out
+                        break
+                    item = item.merged(later)
                 finished = item.finished
                 yield item
+                if error is not None and not finished:
+                    raise error
         finally:
             self._streams.pop(request_id, None)
             if not finished:
@@ -185,17 +217,18 @@ class AsyncEngine:
                 continue
             self._stepping = True
             try:
-                outputs = await loop.run_in_executor(self._thread, self.engine.step)
+                deltas = await loop.run_in_executor(self._thread, self.engine.step_deltas)
             except Exception as exc:  # an engine fault fails every request in flight
                 logger.exception("engine step failed")
                 self._fail_all(exc)
                 return
             finally:
                 self._stepping = False
-            for out in outputs:
-                queue = self._streams.get(out.request_id)
+            streams = self._streams
+            for delta in deltas:
+                queue = streams.get(delta.request_id)
                 if queue is not None:
-                    queue.put_nowait(out)
+                    queue.put_nowait(delta)
 
     def _fail_all(self, exc: Exception) -> None:
         self._dead = exc

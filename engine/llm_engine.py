@@ -24,8 +24,14 @@ from engine.executor import ExecutorFactory, default_executor_factory
 from engine.loader import load_config, load_tokenizer, resolve_model_path
 from engine.messages import StepOutput
 from engine.model_input import dummy_model_input
-from engine.output_processor import RequestState, StopRule, check_stop, make_output
-from engine.outputs import RequestOutput, TokenLogprob
+from engine.output_processor import (
+    RequestState,
+    StopRule,
+    check_stop,
+    make_delta,
+    make_output,
+)
+from engine.outputs import RequestDelta, RequestOutput, TokenLogprob
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput, StepKind
 from engine.sequence import Sequence
@@ -69,6 +75,9 @@ class Engine:
         self._counters = dict.fromkeys(
             ("prefill", "generated", "steps", "misses", "real", "padded"), 0
         )
+        # CPU time of the stepping thread inside executor.execute (the forward and the
+        # sampling; the threads torch runs beside it are counted by AsyncEngine).
+        self.execute_thread_cpu_s = 0.0
 
     # -- set-up -------------------------------------------------------------------------
     def _resolve_max_model_len(self, config: EngineConfig) -> int:
@@ -207,8 +216,18 @@ class Engine:
 
     # -- the step -----------------------------------------------------------------------
     def step(self, stream: bool = True) -> list[RequestOutput]:
-        """Run one step. Returns outputs of every request that got a token (stream=True) or
-        only of those that finished (stream=False)."""
+        """Run one step. Returns cumulative outputs of every request that got a token
+        (stream=True) or only of those that finished (stream=False). A server streams
+        with `step_deltas` instead, which copies no token lists."""
+        rows = self._step()
+        return [make_output(state, finished) for state, finished in rows if stream or finished]
+
+    def step_deltas(self) -> list[RequestDelta]:
+        """Run one step. Returns a RequestDelta (the new tokens, text and logprobs) of
+        every request that got a token."""
+        return [make_delta(state, finished) for state, finished in self._step()]
+
+    def _step(self) -> list[tuple[RequestState, bool]]:
         start = time.perf_counter()
         k = self.strategy.num_lookahead_tokens(self.scheduler.running)
         sched = self.scheduler.schedule(num_lookahead_tokens=k)
@@ -216,13 +235,14 @@ class Engine:
             return []
         inp = self.strategy.build_input(sched, k)
         self._account(inp.shape, inp.num_tokens)
-        exec_start = time.perf_counter()
+        exec_start, exec_cpu_start = time.perf_counter(), time.thread_time()
         out = self.executor.execute(inp)
         execute_s = time.perf_counter() - exec_start
+        self.execute_thread_cpu_s += time.thread_time() - exec_cpu_start
         self._counters["steps"] += 1
-        outputs = self._process(sched, out, stream)
+        rows = self._process(sched, out)
         self.strategy.on_step_end(sched, time.perf_counter() - start, execute_s)
-        return outputs
+        return rows
 
     def _account(self, shape: StepShape, num_real_tokens: int) -> None:
         if shape not in self.warmed:
@@ -235,11 +255,9 @@ class Engine:
         self._counters["real"] += num_real_tokens
         self._counters["padded"] += shape.num_tokens
 
-    def _process(
-        self, sched: SchedulerOutput, out: StepOutput, stream: bool
-    ) -> list[RequestOutput]:
+    def _process(self, sched: SchedulerOutput, out: StepOutput) -> list[tuple[RequestState, bool]]:
         """Append each row's accepted tokens through the stop checks, then release the
-        requests that finished."""
+        requests that finished. Returns (state, finished) of every row that got tokens."""
         done: list[tuple[RequestState, bool]] = []
         for row, item in enumerate(sched.scheduled):
             seq = item.seq
@@ -260,13 +278,10 @@ class Engine:
                 self.block_manager.trim(seq, seq.num_tokens)
             done.append((state, finished))
         self.strategy.on_step_output(sched, out)
-        outputs = []
         for state, finished in done:
             if finished:
                 self._finish(state)
-            if stream or finished:
-                outputs.append(make_output(state, finished=finished))
-        return outputs
+        return done
 
     def _append_tokens(self, state: RequestState, tokens: list[int], logprobs) -> bool:
         """Append tokens through the stop checks one at a time; the first that finishes the

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.detokenizer import IncrementalDetokenizer
-from engine.outputs import RequestOutput, TokenLogprob
+from engine.outputs import RequestDelta, RequestOutput, TokenLogprob
 from engine.sequence import Sequence
 
 
@@ -14,7 +14,7 @@ class RequestState:
     seq: Sequence
     detokenizer: IncrementalDetokenizer
     logprobs: list[TokenLogprob] | None = None
-    num_emitted_tokens: int = 0
+    num_emitted_tokens: int = 0  # output tokens already handed out in deltas
 
     def __post_init__(self) -> None:
         if self.seq.params.logprobs is not None:
@@ -40,7 +40,30 @@ def check_stop(state: RequestState, token: int, rule: StopRule) -> None:
         seq.finish_reason = "length"
 
 
+def make_delta(state: RequestState, finished: bool) -> RequestDelta:
+    """What the request gained since its previous delta: slices of only the new tokens
+    and logprobs, and the newly visible text (call after the finish flush)."""
+    seq = state.seq
+    start = state.num_emitted_tokens
+    state.num_emitted_tokens = seq.num_output_tokens
+    first = seq.num_prompt_tokens + start
+    return RequestDelta(
+        request_id=seq.request_id,
+        token_ids=seq.token_ids[first:],
+        text=state.detokenizer.take_visible(finished),
+        num_generated_tokens=seq.num_output_tokens,
+        num_cached_tokens=seq.num_cached_tokens,
+        logprobs=state.logprobs[start:] if state.logprobs is not None else None,
+        finished=finished,
+        finish_reason=seq.finish_reason if finished else None,
+        stop_reason=seq.stop_reason if finished else None,
+        prompt_token_ids=seq.prompt_token_ids if start == 0 else None,
+    )
+
+
 def make_output(state: RequestState, finished: bool) -> RequestOutput:
+    """The cumulative output (copies the token and logprob lists: for the offline path,
+    once per request at its finish, not per step on the serving path)."""
     seq = state.seq
     return RequestOutput(
         request_id=seq.request_id,

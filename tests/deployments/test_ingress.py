@@ -27,6 +27,7 @@ from tests.deployments.serve_fixtures import (
 
 PROMPT = "def scheduler(requests):"
 GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
+IGNORE = {"temperature": 0, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
@@ -335,6 +336,29 @@ def test_disconnected_stream_frees_its_blocks(base_url):
         return len(running) == 2 and not any(running.values()) and free == total
 
     wait_until(is_idle, timeout_s=30)
+
+
+def test_concurrent_streams_share_step_streams(base_url, offline):
+    """Streams of concurrent requests come through the replicas' step streams (one message
+    per engine step for all of them) and still each get exactly their own answer."""
+
+    def handed_off() -> float:
+        metrics = parse_metrics(httpx.get(f"{base_url}/metrics", timeout=30).text)
+        return sum(engine_stat(metrics, "num_step_stream_requests", "tiny").values())
+
+    def stream(prompt: str) -> str:
+        body = {"model": "tiny", "prompt": prompt, "max_tokens": 12, "stream": True, **IGNORE}
+        with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=60) as r:
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: {")]
+        return "".join(json.loads(e)["choices"][0]["text"] for e in events)
+
+    before = handed_off()
+    prompts = [f"{PROMPT} # {i}" for i in range(8)]
+    expected = [offline_text(offline["tiny"], p, 12) for p in prompts]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for _ in range(3):  # later rounds find the step streams the first ones opened
+            assert list(pool.map(stream, prompts)) == expected
+    assert handed_off() > before
 
 
 def test_both_replicas_receive_traffic(base_url):

@@ -15,7 +15,12 @@ from ray import serve
 from deployments.client import LLMClient
 from deployments.config import parse_config
 from deployments.engine_config import engine_config_for
-from deployments.generation import EngineUnavailableError, GenerationChunk, InvalidRequestError
+from deployments.generation import (
+    EngineUnavailableError,
+    GenerationChunk,
+    Handoff,
+    InvalidRequestError,
+)
 from deployments.server import LLMServer
 from engine import SamplingParams
 from tests.conftest import assert_engine_idle
@@ -24,6 +29,7 @@ from tests.deployments.serve_fixtures import (
     model_entry,
     offline_llm,
     running_app,
+    wait_until,
 )
 
 APP = "gaudi-serve"
@@ -74,6 +80,50 @@ def test_handle_streams_chunks_equal_to_offline(app, offline):
     assert sum(len(c.tokens) for c in chunks) == 10
     token_ids = [t.id for c in chunks for t in c.tokens]
     assert token_ids == offline.generate([PROMPT], GREEDY)[0].token_ids
+
+
+def test_step_stream_carries_a_sessions_chunks_per_step(app, offline):
+    """A session's requests send their first chunk and a Handoff on their own stream, the
+    rest on the session's step stream, several requests per message; closing a handed-off
+    request's own stream still aborts it and frees its blocks."""
+    handle = serve.get_deployment_handle("tiny", APP)
+    expected = offline.generate([PROMPT], GREEDY)[0]
+    streaming = handle.options(stream=True)
+
+    async def main():
+        steps = streaming.step_stream.remote("s1")
+        step_stream_id = await steps.__anext__()
+        own = {
+            f"s1-{i}": streaming.generate.remote(PROMPT, GREEDY, f"s1-{i}", session="s1")
+            for i in range(3)
+        }
+        chunks = {rid: [await gen.__anext__()] for rid, gen in own.items()}
+        assert [await gen.__anext__() for gen in own.values()] == [Handoff(step_stream_id)] * 3
+        num_messages = 0
+        while not all(c[-1].is_finished for c in chunks.values()):
+            num_messages += 1
+            for chunk in await steps.__anext__():
+                chunks[chunk.request_id].append(chunk)
+        for gen in own.values():  # each own stream ends once its request has finished
+            with pytest.raises(StopAsyncIteration):
+                await gen.__anext__()
+        long = SamplingParams(max_tokens=100, temperature=0, ignore_eos=True)
+        doomed = streaming.generate.remote(PROMPT, long, "s1-doomed", session="s1")
+        await doomed.__anext__()
+        assert await doomed.__anext__() == Handoff(step_stream_id)
+        doomed.cancel()
+        steps.cancel()
+        return chunks, num_messages
+
+    chunks, num_messages = run(main())
+    for request_chunks in chunks.values():
+        assert "".join(c.text for c in request_chunks) == expected.text
+        assert [t.id for c in request_chunks for t in c.tokens] == expected.token_ids
+        assert request_chunks[-1].num_generated_tokens == 10
+    assert num_messages < sum(len(c) - 1 for c in chunks.values())
+    wait_until(lambda: handle.stats.remote().result()["num_running"] == 0)
+    stats = handle.stats.remote().result()
+    assert stats["num_free_blocks"] == stats["num_total_blocks"]
 
 
 def test_handle_logprobs_tokenize_and_model_info(app, offline):

@@ -5,6 +5,7 @@ of hanging them, and the server surface (warm-up, encoding, model info)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 
@@ -100,10 +101,16 @@ def test_concurrent_streams_match_offline_greedy(async_engine, tiny_model_dir):
     results = asyncio.run(main())
     for prompt, outs in zip(prompts, results, strict=True):
         assert outs[-1].finished and outs[-1].finish_reason == "length"
-        assert outs[-1].token_ids == hf_greedy(tiny_model_dir("llama"), prompt, 16)
-        # cumulative: each output extends the previous one
-        lengths = [len(o.token_ids) for o in outs]
+        # deltas: each carries only its new tokens, and they add up to the whole answer
+        token_ids = [t for o in outs for t in o.token_ids]
+        assert token_ids == hf_greedy(tiny_model_dir("llama"), prompt, 16)
+        lengths = [o.num_generated_tokens for o in outs]
         assert lengths == sorted(lengths) and lengths[-1] == 16
+        assert lengths == list(itertools.accumulate(len(o.token_ids) for o in outs))
+        assert outs[0].prompt_token_ids == prompt
+        assert all(o.prompt_token_ids is None for o in outs[1:])
+    # the forward's CPU is counted, and is part of this process's
+    assert 0 < async_engine.forward_cpu_s <= time.process_time()
 
 
 def test_closing_a_stream_aborts_and_frees_blocks(async_engine):
@@ -111,7 +118,7 @@ def test_closing_a_stream_aborts_and_frees_blocks(async_engine):
         params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
         stream = async_engine.generate(random_prompts([40])[0], params, "gone")
         async for out in stream:
-            if len(out.token_ids) >= 3:
+            if out.num_generated_tokens >= 3:
                 break
         await stream.aclose()
         # the abort lands once the in-flight step finishes

@@ -26,6 +26,27 @@ def test_token_by_token_equals_full_decode(text, tiny_tokenizer_dir):
     assert detok.text == tok.decode(ids) == text
 
 
+@pytest.mark.parametrize("text", TEXTS)
+def test_stream_decoder_and_window_agree_on_token_id_prompts(text, tiny_tokenizer_dir):
+    """Prompts of token ids may end inside a character: such a request keeps the window
+    decoder, and either way the pieces handed out add up to the full decode."""
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    ids = tok.encode(text, add_special_tokens=False)
+    for cut in range(1, min(len(ids), 8)):
+        prompt, generated = ids[:cut], ids[cut:]
+        detok = IncrementalDetokenizer(tok, prompt, stop=[])
+        seen, taken = list(prompt), []
+        for t in generated:
+            seen.append(t)
+            detok.update(seen)
+            taken.append(detok.take_visible(finished=False))
+        detok.flush(seen)
+        taken.append(detok.take_visible(finished=True))
+        full = tok.decode(ids, skip_special_tokens=True)
+        assert "".join(taken) == detok.text
+        assert full.endswith(detok.text) or "\ufffd" in tok.decode(prompt)
+
+
 def test_stop_string_cut_and_hold_back(tiny_tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     ids = tok.encode("alpha beta STOP gamma")
@@ -38,3 +59,18 @@ def test_stop_string_cut_and_hold_back(tiny_tokenizer_dir):
         if detok.stopped:
             break
     assert detok.stopped and detok.text == "alpha beta "
+
+
+def test_take_visible_hands_out_each_character_once(tiny_tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    ids = tok.encode("alpha beta STOP gamma")
+    detok = IncrementalDetokenizer(tok, [], stop=["STOP", "never"])
+    seen, taken = [], ""
+    for t in ids:
+        seen.append(t)
+        detok.update(seen)
+        taken += detok.take_visible(finished=detok.stopped)
+        assert "S" not in taken
+        if detok.stopped:
+            break
+    assert taken == "alpha beta " and detok.matched_stop == "STOP"

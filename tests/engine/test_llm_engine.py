@@ -104,6 +104,18 @@ def test_stop_strings_are_excluded_and_never_leak(tiny_model_dir, make_llm):
         seen += [o.text for o in engine.step()]
     assert all(stop not in t for t in seen)
     assert all(text[: text.index(stop)].startswith(t) for t in seen)
+    # Deltas (the serving path): the text so far never shows any part of the stop string,
+    # and the pieces add up to the stopped text.
+    engine.add_request(
+        "d", prompt, SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, stop=[stop])
+    )
+    so_far, token_ids = "", []
+    while engine.has_unfinished:
+        for delta in engine.step_deltas():
+            so_far += delta.text
+            token_ids += delta.token_ids
+            assert text[: text.index(stop)].startswith(so_far)
+    assert so_far == out.text and token_ids == out.token_ids and delta.stop_reason == stop
 
 
 def test_seeded_sampling_is_reproducible_regardless_of_batch(tiny_model_dir, make_llm):
