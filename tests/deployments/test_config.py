@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from cluster.commands.cli import main
 from deployments.config import (
+    DEFAULT_MODEL_TOKEN_BUDGET,
     ConfigError,
     ModelConfig,
     ServeConfig,
@@ -72,6 +73,8 @@ def test_default_config_serves_smollm2_once_prepared(monkeypatch, tmp_path):
     (model,) = ServeConfig.default().models
     assert model.name == "smollm2-135m-instruct" and model.path is None
     assert model.resolved_path() == folder
+    # A smaller prefill budget: fewer, lighter buckets to warm on a CPU.
+    assert model.engine.max_num_batched_tokens == DEFAULT_MODEL_TOKEN_BUDGET
     # Other path-less names: pycoder by its name, anything else the bundled pycoder.
     assert ModelConfig(name="pycoder").resolved_path().name == "pycoder"
     assert ModelConfig(name="m").resolved_path().name == "pycoder"
