@@ -48,7 +48,13 @@ from deployments.config_options import (
     _tokenizer_dir,
 )
 from deployments.protocol.errors import describe_validation_errors
-from engine import DEVICE_CHOICES, DTYPE_CHOICES
+from engine import (
+    DEFAULT_MODEL_NAME,
+    DEVICE_CHOICES,
+    DTYPE_CHOICES,
+    FALLBACK_MODEL_NAME,
+    MODEL_NAMES,
+)
 
 __all__ = [
     "BUNDLED_MODEL_NAME",
@@ -69,10 +75,9 @@ __all__ = [
     "parse_config",
 ]
 
-# The models gaudi-serve provides by name (engine.assets' names; a path-less model is one).
-DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
-BUNDLED_MODEL_NAME = "pycoder"
-PROVIDED_MODEL_NAMES = (DEFAULT_MODEL_NAME, BUNDLED_MODEL_NAME, "pycoder-draft")
+# The models gaudi-serve provides by name (a path-less model is one): the engine's names.
+BUNDLED_MODEL_NAME = FALLBACK_MODEL_NAME
+PROVIDED_MODEL_NAMES = MODEL_NAMES
 # engine.max_num_batched_tokens of the default config's SmolLM2 (see ServeConfig.default).
 DEFAULT_MODEL_TOKEN_BUDGET = 512
 

@@ -48,6 +48,9 @@ _EXPORTS = {
     "SPECULATIVE_METHODS": "engine.speculative.config:METHODS",
     "MAX_SPECULATIVE_TOKENS": "engine.speculative.config",
     "default_model_path": "engine.assets",
+    "DEFAULT_MODEL_NAME": "engine.assets",
+    "FALLBACK_MODEL_NAME": "engine.assets",
+    "MODEL_NAMES": "engine.assets",
     "default_draft_model_path": "engine.assets",
     # stats and the metric kind each field declares
     "EngineStats": "engine.stats",
