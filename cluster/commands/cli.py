@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("audit", "trace a model's forward for dynamic ops and host fallbacks"),
     "config": ("config", "validate a serving config file or render it for Kubernetes"),
     "models": ("models", "fetch and convert the default chat model (smollm2-135m-instruct)"),
+    "profile": ("profile", "profile engine steps offline: a Perfetto trace and a time split"),
 }
 
 
