@@ -4,6 +4,7 @@ KV-cache-aware routing foundations: the mirrored prefix cache of each replica
 (`PrefixIndex`), the work routed to each and not finished (`InFlight`), a step-time model
 fitted online from a replica's own steps (`StepTimeModel`), the pure routing decision
 (`choose_replica`) and `KvAwareRouting`, which composes them for a router.
+NOTE: not wired into Serve yet: replicas are still routed by Serve's default router.
 """
 
 from autoscale.inflight import InFlight, ReplicaLoad

@@ -27,9 +27,8 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-# The event kinds engine/block_events.py records (tests check they agree).
-STORED = "stored"
-EVICTED = "evicted"
+from engine import BLOCK_EVICTED as EVICTED
+from engine import BLOCK_STORED as STORED
 
 
 class BlockEventLike(Protocol):

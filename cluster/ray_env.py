@@ -18,6 +18,7 @@ __all__ = [
     "PendingDemand",
     "apply_serve_env",
     "ensure_ray",
+    "is_embedded",
     "node_resources",
     "pending_demands",
 ]
@@ -39,6 +40,12 @@ def apply_serve_env() -> None:
         os.environ.setdefault(name, value)
 
 
+def is_embedded(address: str | None) -> bool:
+    """Whether `ensure_ray(address)` starts a local Ray (rather than joining a cluster):
+    no address given and none in RAY_ADDRESS."""
+    return address is None and not os.environ.get("RAY_ADDRESS")
+
+
 def ensure_ray(address: str | None = None, num_cpus: float | None = None) -> bool:
     """Make sure this process is connected to Ray. Returns True when this call started or
     joined it (the caller then owns the connection and calls `ray.shutdown()`), False when
@@ -54,7 +61,7 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None) -> boo
 
     if ray.is_initialized():
         return False
-    is_local = address is None and not os.environ.get("RAY_ADDRESS")
+    is_local = is_embedded(address)
     if is_local:
         # NOTE: must be set before ray.init; Ray 2.60 enables token auth by default.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, Any
 from ray.serve import Application
 
 from cluster.resources import device_of_cluster
-from deployments.config import ServeConfig, load_config
+from deployments.config import APP_NAME, ServeConfig, load_config
 from deployments.ingress import Ingress
 from deployments.server import LLMServer
 
 if TYPE_CHECKING:
     from engine import ExecutorFactory
 
-APP_NAME = "gaudi-serve"
 INGRESS_EXTRA_REQUESTS = 16
 
 
@@ -47,7 +46,7 @@ def build_app(
     device = device or cluster_device()
     servers = {}
     for model in config.models:
-        model_device = device if model.device == "auto" else model.device
+        model_device = model.resolve_device(device)
         options = model.serve_deployment_options(model_device)
         servers[model.name] = LLMServer.options(name=model.name, **options).bind(
             model, model_device, executor_factory

@@ -43,12 +43,13 @@ import ray
 from ray import serve
 from ray.exceptions import RayTaskError
 
+from deployments.config import APP_NAME
 from deployments.generation import GenerationChunk
 
 __all__ = ["APP_NAMES", "AppNotFoundError", "LLMClient", "find_app"]
 
 # What the commands name the application: `gaudi-serve up`, `serve run deployments.app:app`.
-APP_NAMES = {"gaudi-serve up": "gaudi-serve", "serve run": "default"}
+APP_NAMES = {"gaudi-serve up": APP_NAME, "serve run": "default"}
 INGRESS_DEPLOYMENT = "Ingress"  # the deployment name of deployments.ingress.Ingress
 
 

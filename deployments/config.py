@@ -57,6 +57,7 @@ from engine import (
 )
 
 __all__ = [
+    "APP_NAME",
     "BUNDLED_MODEL_NAME",
     "DEFAULT_MODEL_NAME",
     "PROVIDED_MODEL_NAMES",
@@ -74,6 +75,9 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
+
+# The Serve application's name under `gaudi-serve up` and in the Kubernetes manifests.
+APP_NAME = "gaudi-serve"
 
 # The models gaudi-serve provides by name (a path-less model is one): the engine's names.
 BUNDLED_MODEL_NAME = FALLBACK_MODEL_NAME
@@ -159,7 +163,7 @@ class ModelConfig(BaseModel):
         and requires its resources to fit there; it asks for num_cpus 0 so rank 0 still gets
         the whole bundle (Ray rejects a zero-only bundle, so it cannot have its own).
         """
-        resource = ray_resource(self._resolve_device(device))
+        resource = ray_resource(self.resolve_device(device))
         options: dict[str, Any] = {
             "max_ongoing_requests": self.serve.max_ongoing_requests,
             # Serve's "no limit" is -1; ours is None.
@@ -179,7 +183,8 @@ class ModelConfig(BaseModel):
             options["placement_group_strategy"] = "STRICT_PACK"
         return options
 
-    def _resolve_device(self, device: str | None) -> str:
+    def resolve_device(self, device: str | None) -> str:
+        """This model's device: its own, or `device` (what `auto` means on this cluster)."""
         if self.device != "auto":
             return self.device
         if device not in DEVICE_RESOURCES:

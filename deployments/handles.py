@@ -128,6 +128,7 @@ class SampleStream:
         self._queue: asyncio.Queue | None = None  # that queue, once handed off to one
         self._watcher: asyncio.Task | None = None
         self._is_finished = False
+        self._is_own_reported = False  # told the fan-out it streams on its own stream
         self._start_s = time.monotonic()
 
     async def open(self) -> None:
@@ -152,7 +153,9 @@ class SampleStream:
             self._queue = self._fanout_queue
             self._watcher = asyncio.create_task(self._watch_own())
             return await self._next()
-        if self._first is not None and self.fanout is not None:
+        # Once, at the first own-stream chunk after the first: no step stream took it.
+        if self._first is not None and self.fanout is not None and not self._is_own_reported:
+            self._is_own_reported = True
             self.fanout.on_own_stream(self._start_s)
         return item
 

@@ -15,6 +15,7 @@ a stat of no declared kind is exported untyped.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 
@@ -117,9 +118,14 @@ class ServeMetrics:
         return generate_latest(self.registry) + generate_latest(engine)
 
 
+@functools.cache
+def _stat_kinds() -> dict[str, str]:
+    return EngineStats.metric_kinds() | SERVER_STAT_KINDS
+
+
 def engine_stat_kind(field: str) -> str | None:
     """METRIC_COUNTER or METRIC_GAUGE, as the stat declares it; None when it declares none."""
-    return (EngineStats.metric_kinds() | SERVER_STAT_KINDS).get(field)
+    return _stat_kinds().get(field)
 
 
 def engine_metric_name(field: str) -> str:

@@ -141,6 +141,8 @@ class ReplicaMonitor:
         if new:
             actors = await asyncio.to_thread(_get_actors, new)
             for name, actor in actors.items():
+                if name in self._probes:  # a concurrent snapshot made its probe meanwhile
+                    continue
                 _, model, replica_id = new[name]
                 self._probes[name] = _Probe(model, replica_id, actor)
         now_s = time.monotonic()

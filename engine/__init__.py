@@ -58,6 +58,8 @@ _EXPORTS = {
     "METRIC_GAUGE": "engine.stats:GAUGE",
     # the prefix cache's block hashes, as the block manager computes them (for a router)
     "prefix_block_hashes": "engine.prefix_hash",
+    "BLOCK_STORED": "engine.block_events",
+    "BLOCK_EVICTED": "engine.block_events",
     # model files (imports torch and transformers)
     "load_model_config": "engine.loader:load_config",
 }

@@ -126,7 +126,7 @@ class AsyncEngine:
             raise RuntimeError("warm_up must run before the first generate")
         self.engine.add_request("warmup", prompt, params)
         while self.engine.has_unfinished:
-            self.engine.step()
+            self.engine.step_deltas()
 
     @property
     def is_healthy(self) -> bool:

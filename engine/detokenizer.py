@@ -3,8 +3,8 @@
 Decoding only the new token breaks multi-byte characters and byte-level BPE merges. With a
 `tokenizers`-backed tokenizer we feed each token to its streaming decoder
 (`tokenizers.decoders.DecodeStream`, primed with the prompt's last tokens), which returns
-the text a token adds, or None while the bytes so far end inside a character: ~0.6 us a
-token against ~4 us for the window below (benchmarks/RESULTS.md, "The serving path").
+the text a token adds, or None while the bytes so far end inside a character: ~1.6 us a
+token against ~6.0 us for the window below (measured for [serve-path]; see the issue's note).
 Other tokenizers decode a short window (a few tokens of context plus the new ones) and
 emit the text the new tokens add, holding back while the window ends in an incomplete
 character (U+FFFD).

@@ -102,7 +102,7 @@ def rows_sampling_input(
         history = torch.full((batch, width), -1, dtype=torch.long)
         for i, r in enumerate(rows):
             if r.seq.params.repetition_penalty != 1.0:
-                tokens = r.seq.token_ids + r.extra
+                tokens = r.seq.token_ids + r.extra if r.extra else r.seq.token_ids
                 history[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
     logprobs = [p.logprobs for p in params if p.logprobs is not None]
     counters = [r.seq.num_output_tokens + r.offset for r in rows]

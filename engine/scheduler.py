@@ -44,10 +44,6 @@ class SchedulerOutput:
     kind: StepKind
     scheduled: list[ScheduledSeq]
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_tokens for s in self.scheduled)
-
 
 class Scheduler:
     def __init__(

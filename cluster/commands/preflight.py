@@ -8,7 +8,7 @@ resource, or tp_size 4 of CPU bundles on nodes of 2 CPUs.
 
     >>> demand = ReplicaDemand("tiny", "hpu", 1, ({"CPU": 1, "HPU": 1},))
     >>> cluster_problems([demand], [{"CPU": 4.0, "memory": 8e9}])  # doctest: +ELLIPSIS
-    ["model 'tiny' (device hpu, tp_size 1) needs {'CPU': 1, 'HPU': 1} ... no HPU ..."]
+    ["model 'tiny' (device hpu, tp_size 1) needs {'CPU': 1, 'HPU': 1} ... no HPU: ..."]
 
 Neither imports Ray or torch: the cluster's node resources are passed in.
 """
@@ -62,7 +62,7 @@ class ReplicaDemand:
 def replica_demand(model: ModelConfig, device: str) -> ReplicaDemand:
     """The demand of one replica of `model`, from the very options Serve is given;
     `device` is what `device: auto` resolved to on this cluster."""
-    model_device = device if model.device == "auto" else model.device
+    model_device = model.resolve_device(device)
     options = model.serve_deployment_options(model_device)
     if "placement_group_bundles" in options:
         bundles = tuple(dict(b) for b in options["placement_group_bundles"])
@@ -79,11 +79,16 @@ def static_problems(config: ServeConfig) -> list[str]:
 
     problems = []
     for index, model in enumerate(config.models):
-        path = model.resolved_path()
-        if model.tp_size == 1 or not (path / "config.json").is_file():
+        if model.tp_size == 1:
+            continue
+        try:
+            path = model.resolved_path()
+        except OSError:  # a provided model not prepared on this machine
+            continue
+        if not (path / "config.json").is_file():
             continue
         spec = ModelSpec.from_path(path)
-        valid = valid_tp_sizes(spec, cards_per_node=max(model.tp_size, 8))
+        valid = valid_tp_sizes(spec)
         if model.tp_size not in valid:
             problems.append(
                 f"models.{index}.tp_size: model {model.name!r} ({path}) has "

@@ -19,7 +19,6 @@ waits and Serve's graceful shutdown (exit 130); Ray is still shut down.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 from cluster.commands.ray_connect import connect_ray, import_ray_without_failure_handler
 from cluster.commands.shm_cleanup import remove_orphaned_shm_buffers
 from cluster.commands.stop_signal import ForcedStop, StopSignal
+from cluster.ray_env import is_embedded
 
 EXIT_INVALID = 2
 EXIT_FAILED = 1
@@ -127,8 +127,7 @@ def _serve(config, args: argparse.Namespace, stop: StopSignal) -> int:
     from cluster.env import drain_timeout_s
 
     drain_s = args.drain_timeout_s if args.drain_timeout_s is not None else drain_timeout_s()
-    is_embedded = args.address is None and not os.environ.get("RAY_ADDRESS")
-    run = _Run(is_embedded=is_embedded, stop=stop)
+    run = _Run(is_embedded=is_embedded(args.address), stop=stop)
     code = EXIT_FAILED
     try:
         code = _start_and_serve(config, args, run, drain_s)

@@ -44,8 +44,12 @@ def ready_timeout_s(config: ServeConfig) -> int:
 
 def model_ready_timeout_s(model: ModelConfig) -> int:
     """Seconds to allow one model's replicas to load and warm up (the module's rule)."""
-    paths = [model.resolved_path()]
-    draft = model.speculative.resolved_draft_model() if model.speculative is not None else None
+    try:
+        paths = [model.resolved_path()]
+        spec = model.speculative
+        draft = spec.resolved_draft_model() if spec is not None else None
+    except OSError:  # a provided model not prepared here: it is in the image or a volume
+        return UNKNOWN_MODEL_READY_TIMEOUT_S
     if draft is not None:
         paths.append(draft)
     counts = [_num_params(path) for path in paths]

@@ -56,7 +56,7 @@ from typing import Any
 
 import yaml
 
-from deployments.config import ConfigError, ServeConfig
+from deployments.config import APP_NAME, ConfigError, ServeConfig
 from deployments.k8s.options import K8sOptions
 from deployments.k8s.plan import plan_worker_groups
 from deployments.k8s.pods import (
@@ -78,7 +78,6 @@ __all__ = [
 ]
 
 IMPORT_PATH = "deployments.app:app"
-APP_NAME = "gaudi-serve"  # the Serve application name, as in deployments.app
 # The Ray version the image is built with (KubeRay reads it for feature checks).
 RAY_VERSION = "2.60.0"
 HEADER = (
@@ -103,7 +102,10 @@ def relative_path_problems(data: Any) -> list[str]:
         if not isinstance(model, dict):
             continue
         speculative = model.get("speculative")
-        candidates = [(f"models.{index}.path", model.get("path"))]
+        candidates = [
+            (f"models.{index}.path", model.get("path")),
+            (f"models.{index}.tokenizer", model.get("tokenizer")),
+        ]
         if isinstance(speculative, dict):
             where = f"models.{index}.speculative.draft_model"
             candidates.append((where, speculative.get("draft_model")))

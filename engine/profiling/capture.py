@@ -139,7 +139,8 @@ def capture_steps(
     device_name: str = "cpu",
     modules: bool = True,
 ) -> list[StepRecord]:
-    """Profile `num_steps` calls of `engine.step()` and write the trace to `trace_path`.
+    """Profile `num_steps` engine steps (`engine.step_deltas()`); write the trace to
+    `trace_path`.
 
     `refill()` is called before a step whenever the engine has nothing left to do; it must
     add requests. `modules` adds the module ranges (their hooks cost host time). Returns
@@ -166,7 +167,7 @@ def capture_steps(
                 recording.last_shape = None
                 eager, replays = _runner_counts(executor)
                 with record_function(f"{STEP_PREFIX}{index}"):
-                    engine.step()
+                    engine.step_deltas()  # what a server runs (no cumulative outputs)
                 records.append(_record(index, recording.last_shape, executor, eager, replays))
     finally:
         engine.executor = executor

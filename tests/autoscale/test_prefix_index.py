@@ -8,16 +8,12 @@ import pytest
 
 from autoscale.prefix_index import EVICTED, STORED, PrefixIndex
 from engine import prefix_block_hashes
-from engine.block_events import BLOCK_EVICTED, BLOCK_STORED, BlockEvent
+from engine.block_events import BlockEvent
 from engine.block_manager import BlockManager
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
 BLOCK = 4
-
-
-def test_event_kinds_are_the_engines():
-    assert (STORED, EVICTED) == (BLOCK_STORED, BLOCK_EVICTED)
 
 
 class Replica:

@@ -44,7 +44,8 @@ def choose(views, num_tokens=1000, seed=0):
 
 
 def test_docstring_example():
-    assert doctest.testmod(routing_policy).failed == 0
+    result = doctest.testmod(routing_policy)
+    assert result.attempted >= 1 and result.failed == 0
 
 
 def test_the_replica_holding_the_prefix_is_found_among_many():

@@ -3,8 +3,11 @@ config alone, and against a cluster's node resources (given as data: no Ray here
 
 from __future__ import annotations
 
+import doctest
+
 import yaml
 
+from cluster.commands import preflight
 from cluster.commands.cli import main
 from cluster.commands.preflight import (
     ReplicaDemand,
@@ -80,3 +83,8 @@ def test_describe_nodes_names_the_accelerators():
         "2 node(s): CPU 4, memory 8.0 GiB | CPU 64, HPU 8, memory 512.0 GiB"
     )
     assert describe_nodes([]) == "no alive node"
+
+
+def test_docstring_example_runs():
+    result = doctest.testmod(preflight)
+    assert result.attempted >= 1 and result.failed == 0

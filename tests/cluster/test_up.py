@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import queue
 import re
 import signal
 import subprocess
@@ -20,6 +18,7 @@ import pytest
 import yaml
 
 from cluster.commands import up
+from tests.cluster.up_process import gaudi_serve_up
 from tests.deployments.serve_fixtures import assert_all_exited, free_port, model_entry
 
 READY_TIMEOUT_S = 300  # a hang guard, not a speed check: first starts are slow on 2 cores
@@ -58,48 +57,25 @@ def test_bad_arguments_exit_2_with_the_problem(tmp_path, capsys):
 
 @pytest.fixture
 def served(tiny_model_dir, tmp_path):
-    """`gaudi-serve up` in a subprocess; yields (process, base URL, stdout lines queue)."""
+    """`gaudi-serve up` in a subprocess, up; yields (UpProcess, base URL)."""
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump({"models": [model_entry("tiny", tiny_model_dir("llama"))]}))
     port = free_port()
-    command = [sys.executable, "-m", "cluster.commands.cli", "up", "--config", str(path)]
-    command += ["--port", str(port), "--num-cpus", "4", "--drain-timeout-s", "60"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-    )
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in process.stdout], daemon=True).start()
-    try:
-        _wait_for_line(lines, "is up at", process)
-        yield process, f"http://127.0.0.1:{port}", lines
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def _wait_for_line(lines: queue.Queue, text: str, process, is_alive: bool = True) -> str:
-    seen = []
-    while True:
-        try:
-            line = lines.get(timeout=READY_TIMEOUT_S)
-        except queue.Empty:
-            raise AssertionError(f"no {text!r} from gaudi-serve up; saw {seen}") from None
-        seen.append(line)
-        if text in line:
-            return line
-        assert not is_alive or process.poll() is None, f"gaudi-serve up exited: {seen}"
+    argv = ["--config", str(path), "--port", str(port), "--num-cpus", "4"]
+    with gaudi_serve_up(*argv, "--drain-timeout-s", "60") as run:
+        run.wait_for_line("is up at")
+        yield run, f"http://127.0.0.1:{port}"
 
 
 def test_up_serves_and_drains_on_sigterm(served):
-    process, url, lines = served
+    run, url = served
+    process = run.process
     body = {"model": "tiny", "prompt": "def f(x):", "max_tokens": 4}
     r = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
 
     # `up` says how to see the replicas, and that command shows them.
-    status_command = _wait_for_line(lines, "Replica states: ", process).split(": ", 1)[1]
+    status_command = run.wait_for_line("Replica states: ").split(": ", 1)[1]
     assert status_command.startswith("gaudi-serve status --address ")
     status = subprocess.run(
         [sys.executable, "-m", "cluster.commands.cli", *status_command.split()[1:]],
@@ -130,7 +106,7 @@ def test_up_serves_and_drains_on_sigterm(served):
     process.send_signal(signal.SIGTERM)
     reader.join(120)
     assert process.wait(120) == 0
-    _wait_for_line(lines, "stopped", process, is_alive=False)
+    run.wait_for_line("stopped")
 
     # The request in flight at SIGTERM ran to its end.
     assert events[-1] == "data: [DONE]"

@@ -343,6 +343,7 @@ def test_relative_model_paths_are_reported_by_field():
             {
                 "name": "b",
                 "path": "models/b",
+                "tokenizer": "tok",
                 "speculative": {"method": "draft", "draft_model": "d"},
             },
         ]
@@ -350,6 +351,7 @@ def test_relative_model_paths_are_reported_by_field():
     problems = relative_path_problems(data)
     assert [p.split(":")[0] for p in problems] == [
         "models.1.path",
+        "models.1.tokenizer",
         "models.1.speculative.draft_model",
     ]
 
@@ -471,6 +473,12 @@ def test_ready_timeout_follows_the_parameters_each_tp_rank_holds(tmp_path):
     # a folder that is not readable here (in the image, on the cluster's volume)
     elsewhere = config_of({"name": "m", "path": "/models/not-on-this-machine"})
     assert ready_timeout_s(elsewhere) == UNKNOWN_MODEL_READY_TIMEOUT_S
+
+
+def test_a_provided_model_not_prepared_here_gets_the_unknown_timeout(monkeypatch, tmp_path):
+    monkeypatch.setenv("GAUDI_SERVE_MODELS_DIR", str(tmp_path / "nothing-prepared"))
+    config = config_of({"name": "smollm2-135m-instruct"})
+    assert ready_timeout_s(config) == UNKNOWN_MODEL_READY_TIMEOUT_S
 
 
 def test_a_draft_model_counts_with_its_target(tmp_path):

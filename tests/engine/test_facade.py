@@ -11,7 +11,9 @@ import engine
 
 # What an ingress, a client and the serving config import: none of it may load torch.
 LIGHT_NAMES = (
+    "BLOCK_EVICTED",
     "BLOCK_SIZE_CHOICES",
+    "BLOCK_STORED",
     "BUCKET_DIMS",
     "BUCKET_STRATEGIES",
     "DEFAULT_MODEL_NAME",
