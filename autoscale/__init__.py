@@ -1,10 +1,14 @@
-"""Request routing and autoscaling, beside `deployments/` (README "Architecture").
+"""Request routing and autoscaling, beside `deployments/` (README "Architecture",
+"Routing").
 
-KV-cache-aware routing foundations: the mirrored prefix cache of each replica
-(`PrefixIndex`), the work routed to each and not finished (`InFlight`), a step-time model
-fitted online from a replica's own steps (`StepTimeModel`), the pure routing decision
-(`choose_replica`) and `KvAwareRouting`, which composes them for a router.
-NOTE: not wired into Serve yet: replicas are still routed by Serve's default router.
+KV-cache-aware routing: the mirrored prefix cache of each replica (`PrefixIndex`), the
+work routed to each and not finished (`InFlight`), a step-time model fitted online from a
+replica's own steps (`StepTimeModel`), the pure routing decision (`choose_replica`) and
+`KvAwareRouting`, which composes them. Serve runs it as `serve_router.KvAwareRequestRouter`
+(config `serve.request_router`, `router_choice.py`); replicas feed it through
+`replica_feed.ReplicaFeed` and callers through `feedback`. The SLO autoscaling policy
+(`slo_policy.decide`) is a pure function beside it. Importing this package loads no Ray
+Serve router code.
 """
 
 from autoscale.inflight import InFlight, ReplicaLoad

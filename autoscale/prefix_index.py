@@ -87,6 +87,11 @@ class PrefixIndex:
         entry = self._replicas.get(replica)
         return entry is not None and entry.is_stale
 
+    def next_seq(self, replica: Hashable) -> int | None:
+        """The number of the replica's next event expected (None: an unknown replica)."""
+        entry = self._replicas.get(replica)
+        return entry.next_seq if entry is not None else None
+
     def num_blocks(self, replica: Hashable) -> int:
         entry = self._replicas.get(replica)
         return len(entry.hashes) if entry else 0
@@ -170,6 +175,11 @@ class PrefixIndex:
             bit = bits & -bits  # the lowest set bit
             found[self._by_bit[bit]] = num_blocks
             bits ^= bit
+
+    def holds(self, replica: Hashable, block_hash: int) -> bool:
+        """Whether the replica holds this block hash."""
+        entry = self._replicas.get(replica)
+        return entry is not None and block_hash in entry.hashes
 
     def num_cached_blocks(self, replica: Hashable, block_hashes: Sequence[int]) -> int:
         """How many leading blocks of block_hashes this one replica holds."""

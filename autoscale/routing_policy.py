@@ -6,16 +6,24 @@ prefix), the predicted time to first token is
     ttft = wait for the work queued ahead + prefill of this prompt's uncached part
     wait = one decode step of its decoding rows (the step in flight, counted whole)
          + prefill of the tokens routed to it whose prefill is not done
+         + with the batch full (max_num_seqs rows routed, when the caller gives it):
+           the time for rows to free, excess / max_num_seqs x the mean max_tokens of
+           the requests there x a full batch's decode step (a fluid estimate: a row
+           frees as a request ends; max_tokens bounds when)
 
 all through that replica's own step-time model (autoscale/step_time.py). The engine runs
 prefill before decode, so queued prefill work is all that stands ahead of a new prompt.
 The uncached part is the prompt less the leading blocks the replica holds, and at least
 one token: the engine always computes the last prompt token to get its logits.
 
-The minimum wins. Ties (to the microsecond) go to the replica holding more of the prompt,
-then to fewer requests in flight, then to the earlier candidate in the order given (pass
-candidates in a stable order, e.g. by replica id). Deterministic ties cannot pile requests
-onto one replica, because the caller counts each decision in at once (autoscale/inflight.py).
+The minimum wins, up to a tolerance: predictions within TIE_TOLERANCE (10%) of the least
+are ties. Each replica fits its own model from its own steps, and two equal replicas measure
+a few percent apart; a strict minimum would send every request of a lightly loaded fleet to
+the one that happened to measure faster. Ties go to the replica holding more of the prompt,
+then to fewer requests in flight, then to the lesser prediction, then to the earlier
+candidate in the order given (pass candidates in a stable order, e.g. by replica id).
+Deterministic ties cannot pile requests onto one replica, because the caller counts each
+decision in at once (autoscale/inflight.py).
 
 While any candidate has no step-time data yet, predictions are not comparable and the
 decision falls back to power-of-two choices: two candidates drawn at random, the one with
@@ -61,7 +69,8 @@ LEAST_WAIT = "least_wait"
 FALLBACK = "fallback"
 REASONS = (CACHE_HIT, LEAST_WAIT, FALLBACK)
 
-TIE_RESOLUTION_S = 1e-6  # predicted TTFTs closer than this are a tie
+TIE_TOLERANCE = 0.10  # predictions within this share of the least are ties
+TIE_RESOLUTION_S = 1e-6  # and within this many seconds (for predictions near zero)
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class ReplicaView:
     num_queued_tokens: int  # prefill tokens routed to it whose prefill is not done
     num_decoding: int  # requests past their prefill
     step_time: StepTimeModel | None  # None (or no data yet): power-of-two fallback
+    num_output_tokens: int = 0  # the most the requests routed to it may generate, summed
 
     @property
     def has_step_data(self) -> bool:
@@ -92,13 +102,20 @@ def num_cached_tokens(num_cached_blocks: int, num_prompt_tokens: int, block_size
     return min(num_cached_blocks, (num_prompt_tokens - 1) // block_size) * block_size
 
 
-def predict_ttft_s(view: ReplicaView, num_prompt_tokens: int, block_size: int) -> float:
+def predict_ttft_s(
+    view: ReplicaView, num_prompt_tokens: int, block_size: int, max_num_seqs: int | None = None
+) -> float:
     """Predicted seconds to first token of the prompt on this replica (see module doc)."""
     if view.step_time is None:
         raise ValueError(f"replica {view.replica!r} has no step-time model to predict with")
     model = view.step_time
     cached = num_cached_tokens(view.num_cached_blocks, num_prompt_tokens, block_size)
-    wait = model.decode_step_s(view.num_decoding) + model.prefill_s(view.num_queued_tokens)
+    rows = view.num_decoding if max_num_seqs is None else min(view.num_decoding, max_num_seqs)
+    wait = model.decode_step_s(rows) + model.prefill_s(view.num_queued_tokens)
+    if max_num_seqs is not None and view.num_requests >= max_num_seqs:
+        excess = view.num_requests + 1 - max_num_seqs
+        mean_output = view.num_output_tokens / view.num_requests
+        wait += excess / max_num_seqs * mean_output * model.decode_step_s(max_num_seqs)
     return wait + model.prefill_s(num_prompt_tokens - cached, num_context_tokens=cached)
 
 
@@ -107,34 +124,54 @@ def choose_replica(
     num_prompt_tokens: int,
     block_size: int,
     rng: random.Random,
+    max_num_seqs: int | None = None,
 ) -> RoutingDecision:
     """The candidate with the least predicted TTFT, or power-of-two choices while any
     candidate has no step-time data (see module doc for ties and reasons)."""
+    return rank_replicas(views, num_prompt_tokens, block_size, rng, max_num_seqs)[0]
+
+
+def rank_replicas(
+    views: Sequence[ReplicaView],
+    num_prompt_tokens: int,
+    block_size: int,
+    rng: random.Random,
+    max_num_seqs: int | None = None,
+) -> tuple[RoutingDecision, list[int]]:
+    """The decision of `choose_replica` and every candidate's index, best first: by
+    predicted TTFT (with the same ties), or for a fallback the two drawn (winner first)
+    then the rest in random order. A caller whose best candidate refuses the request (its
+    queue is full) tries the next."""
     if not views:
         raise ValueError("choose_replica needs at least one candidate replica, got none")
     if num_prompt_tokens < 1:
         raise ValueError(f"num_prompt_tokens must be at least 1, got {num_prompt_tokens}")
     if not all(view.has_step_data for view in views):
         return _power_of_two(views, rng)
-    ttfts = [predict_ttft_s(view, num_prompt_tokens, block_size) for view in views]
-    best = min(
+    ttfts = [predict_ttft_s(v, num_prompt_tokens, block_size, max_num_seqs) for v in views]
+    cutoff = min(ttfts) * (1 + TIE_TOLERANCE) + TIE_RESOLUTION_S
+    order = sorted(
         range(len(views)),
         key=lambda i: (
-            round(ttfts[i] / TIE_RESOLUTION_S),
-            -views[i].num_cached_blocks,
-            views[i].num_requests,
+            ttfts[i] > cutoff,  # the ties first, then the rest by prediction
+            -views[i].num_cached_blocks if ttfts[i] <= cutoff else 0,
+            views[i].num_requests if ttfts[i] <= cutoff else 0,
+            ttfts[i],
             i,
         ),
     )
+    best = order[0]
     cached = [num_cached_tokens(v.num_cached_blocks, num_prompt_tokens, block_size) for v in views]
     reason = CACHE_HIT if cached[best] > min(cached) else LEAST_WAIT
-    return RoutingDecision(views[best].replica, reason, ttfts[best])
+    return RoutingDecision(views[best].replica, reason, ttfts[best]), order
 
 
-def _power_of_two(views: Sequence[ReplicaView], rng: random.Random) -> RoutingDecision:
+def _power_of_two(
+    views: Sequence[ReplicaView], rng: random.Random
+) -> tuple[RoutingDecision, list[int]]:
     drawn = rng.sample(range(len(views)), min(2, len(views)))
-    best = min(
-        drawn,
-        key=lambda i: (views[i].num_requests, -views[i].num_cached_blocks, drawn.index(i)),
-    )
-    return RoutingDecision(views[best].replica, FALLBACK, None)
+    position = {i: k for k, i in enumerate(drawn)}
+    drawn.sort(key=lambda i: (views[i].num_requests, -views[i].num_cached_blocks, position[i]))
+    rest = [i for i in range(len(views)) if i not in drawn]
+    rng.shuffle(rest)
+    return RoutingDecision(views[drawn[0]].replica, FALLBACK, None), drawn + rest

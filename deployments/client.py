@@ -30,12 +30,18 @@ input raises `InvalidRequestError` (a ValueError naming the input).
 
 Under the hood: `serve.status()` lists the applications, `serve.get_app_handle(app)`
 reaches the ingress (to list the models) and `serve.get_deployment_handle(model, app)` the
-model's LLMServer, whose `generate` streams through `handle.options(stream=True)`.
+model's LLMServer, whose `generate` streams through `handle.options(stream=True)`. As the
+ingress does, the client sends prompts as token ids, tokenized here with the model's own
+tokenizer (loaded from its folder on first use; where that folder is not on this machine,
+prompts go as text), and reports each request's first token to the routers of this
+process (deployments.prompt_ids, autoscale.feedback).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,8 +49,11 @@ import ray
 from ray import serve
 from ray.exceptions import RayTaskError
 
+from autoscale.feedback import feedback_for
 from deployments.config import APP_NAME
-from deployments.generation import GenerationChunk
+from deployments.generation import GenerationChunk, InvalidRequestError, ModelInfo
+from deployments.prompt_ids import PromptIds
+from deployments.protocol import ApiError
 
 __all__ = ["APP_NAMES", "AppNotFoundError", "LLMClient", "find_app"]
 
@@ -69,6 +78,8 @@ class LLMClient:
         self.app_name = find_app(app_name, _running_apps())
         self._ingress = serve.get_app_handle(self.app_name)
         self._default_model = model
+        self._infos: dict[str, ModelInfo] = {}
+        self._prompt_ids = PromptIds()
 
     async def models(self) -> list[str]:
         """The served model names; the first is the default."""
@@ -77,6 +88,17 @@ class LLMClient:
     async def _server(self, model: str | None):
         name = model or self._default_model or (await self.models())[0]
         return serve.get_deployment_handle(name, self.app_name)
+
+    async def _prompt_kwargs(self, server, prompt, messages) -> dict[str, Any]:
+        name = server.deployment_name
+        if name not in self._infos:
+            self._infos[name] = await server.model_info.remote()
+        try:
+            return await self._prompt_ids.generate_kwargs(
+                self._infos[name], prompt, messages=messages
+            )
+        except ApiError as error:
+            raise InvalidRequestError(error.message, error.param) from None
 
     async def chunks(
         self,
@@ -91,10 +113,20 @@ class LLMClient:
         from engine import SamplingParams
 
         params = SamplingParams(**sampling)
-        handle = (await self._server(model)).options(stream=True)
-        stream = handle.generate.remote(prompt, params, messages=messages)
+        server = await self._server(model)
+        prompt_kwargs = await self._prompt_kwargs(server, prompt, messages)
+        request_id = f"client-{uuid.uuid4().hex}"
+        sent_s = time.monotonic()
+        stream = server.options(stream=True).generate.remote(
+            params=params, request_id=request_id, **prompt_kwargs
+        )
+        is_first = True
         try:
             async for chunk in stream:
+                if is_first:  # the routers count it as decoding from now on
+                    is_first = False
+                    feedback = feedback_for(server.deployment_name)
+                    feedback.on_first_token(request_id, time.monotonic() - sent_s)
                 yield chunk
         except RayTaskError as exc:
             raise (exc.cause if exc.cause is not None else exc) from None

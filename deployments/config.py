@@ -33,6 +33,7 @@ from pydantic import (
     field_validator,
 )
 
+from autoscale.router_choice import request_router_config
 from cluster.resources import DEVICE_RESOURCES, ray_resource
 from deployments.config_options import (
     _CONFIG,
@@ -170,6 +171,12 @@ class ModelConfig(BaseModel):
             "max_queued_requests": self.serve.max_queued_requests or -1,
             "health_check_period_s": self.serve.health_check_period_s,
             "health_check_timeout_s": self.serve.health_check_timeout_s,
+            "request_router_config": request_router_config(
+                self.serve.request_router,
+                self.engine.block_size,
+                self.serve.routing_stats_period_s,
+                self.engine.max_num_seqs,
+            ),
         }
         if self.serve.autoscaling is not None:
             options["autoscaling_config"] = self.serve.autoscaling.to_serve()

@@ -23,6 +23,11 @@ from pydantic import (
     model_validator,
 )
 
+from autoscale.router_choice import (
+    DEFAULT_REQUEST_ROUTER,
+    DEFAULT_ROUTING_STATS_PERIOD_S,
+    REQUEST_ROUTERS,
+)
 from deployments.protocol.errors import describe_validation_errors
 from engine import (
     BLOCK_SIZE_CHOICES,
@@ -341,6 +346,19 @@ class ServeOptions(BaseModel):
         "made in between go out together (fewer, bigger chunks: more tokens/s under load, "
         "burstier streams; Ray Serve LLM batches at 50). null: GAUDI_SERVE_STREAM_INTERVAL_MS "
         "if set, else 0 (a chunk per engine step).",
+    )
+    request_router: Literal[REQUEST_ROUTERS] = Field(
+        DEFAULT_REQUEST_ROUTER,
+        description="How a request picks a replica: kv_aware (least predicted time to "
+        "first token from each replica's prefix cache, queued work and step times), "
+        "power_of_two (Ray Serve's default, cache-blind), prefix_affinity (Ray Serve's "
+        'PrefixCacheAffinityRouter) or round_robin. README "Routing" says when to pick which.',
+    )
+    routing_stats_period_s: float = Field(
+        DEFAULT_ROUTING_STATS_PERIOD_S,
+        gt=0,
+        description="Seconds between Serve's polls of each replica's routing stats (its "
+        "prefix-cache snapshot, for routers that have not heard from it lately).",
     )
 
     @model_validator(mode="after")

@@ -101,6 +101,12 @@ class ModelInfo:
     max_num_seqs: int
     vocab_size: int
     has_chat_template: bool
+    tokenizer_path: str | None = None  # the folder the replicas' tokenizer came from
+
+    @property
+    def tokenizer_dir(self) -> str:
+        """Where a caller loads the same tokenizer the replicas use."""
+        return self.tokenizer_path or self.path
 
     @property
     def max_prompt_tokens(self) -> int:

@@ -7,7 +7,9 @@ overload and a dead engine surface as errors *before* any HTTP header is sent an
 proper status code, rather than an error in the middle of a 200 stream. After the first
 chunk, a request's replica may move the rest onto one of the model's step streams, which
 carry one message per engine step for all the ingress's requests there
-(deployments.step_streams, deployments.step_fanout).
+(deployments.step_streams, deployments.step_fanout). Prompts go out as token ids
+(`ModelTable.prompt_kwargs`, deployments.prompt_ids), and each request's first chunk is
+reported to the process's KV-aware routers of its model (autoscale.feedback).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from autoscale.feedback import feedback_for
 from deployments.generation import (
     EngineUnavailableError,
     GenerationChunk,
@@ -29,6 +32,7 @@ from deployments.generation import (
     InvalidRequestError,
     ModelInfo,
 )
+from deployments.prompt_ids import PromptIds
 from deployments.protocol import ApiError
 from deployments.step_fanout import StepFanout, StepStreamEnded
 
@@ -61,6 +65,7 @@ class ModelTable:
         self.handles = handles
         self.default_model = default_model or next(iter(handles))
         self._infos: dict[str, ModelInfo] = {}
+        self.prompt_ids = PromptIds()
         # Models whose chunks may travel on step streams (None: all); a step stream holds
         # one of its replica's max_ongoing_requests slots.
         names = handles if step_stream_models is None else step_stream_models
@@ -100,6 +105,21 @@ class ModelTable:
                 raise to_api_error(exc) from None
         return self._infos[model]
 
+    async def prompt_kwargs(
+        self,
+        model: str,
+        prompt: str | list[int] | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        truncate: int | None = None,
+    ) -> dict[str, Any]:
+        """The prompt arguments of the model's generate call: `{"prompt": token ids}`, as
+        its engine would compute them (deployments.prompt_ids; raises ApiError)."""
+        info = await self.info(model)
+        return await self.prompt_ids.generate_kwargs(
+            info, prompt, messages=messages, truncate=truncate
+        )
+
 
 class SampleStream:
     """One engine request (one choice) through a handle. Call `open()` first.
@@ -137,9 +157,14 @@ class SampleStream:
         if self.fanout is not None:
             self._fanout_queue = self.fanout.register(kwargs["request_id"])
             kwargs = {**kwargs, "session": self.fanout.session}
+        sent_s = time.monotonic()
         self._gen = self.handle.options(**STREAM_OPTIONS).generate.remote(**kwargs)
         self._first = await self._next()
         self._first_s = time.monotonic()
+        request_id = kwargs.get("request_id")
+        if request_id is not None:  # the routers count it as decoding from now on
+            feedback = feedback_for(self.handle.deployment_name)
+            feedback.on_first_token(request_id, self._first_s - sent_s)
 
     async def _next(self) -> GenerationChunk:
         if self._queue is not None:

@@ -9,7 +9,10 @@ Bodies are parsed here rather than by FastAPI so every error comes in its API's 
 (OpenAI: {"error": {...}}, TGI: {"error", "error_type"}) with a 4xx for bad input:
 malformed JSON, unknown or bad fields, an unknown model (404 listing the served ones),
 empty or too-long prompts. Overload is a 429/503 with Retry-After; a dead engine a 503.
-The ingress loads no model and no tokenizer: replicas apply chat templates and count tokens.
+The ingress loads no model weights. It loads each model's tokenizer, on first use, and
+sends prompts as token ids, chat template and truncation applied (deployments.prompt_ids),
+so a router sees the tokens a replica will prefill; where the tokenizer's folder is not on
+this node, prompts go as text and the replicas tokenize them. Replicas count the tokens.
 """
 
 # NOTE: no `from __future__ import annotations` here: FastAPI must see the route methods'
@@ -26,6 +29,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from autoscale.feedback import router_stats
 from deployments import openai_api, tgi_api
 from deployments.generation import GenerationChunk
 from deployments.handles import ModelTable, OnSampleDone, to_api_error
@@ -193,7 +197,11 @@ class Ingress:
     async def metrics(self) -> Response:
         replicas = await self._replica_snapshots()
         stats = {(r.model, r.replica_id): r.stats for r in replicas if r.stats}
-        return Response(self.metrics.render(stats), media_type=CONTENT_TYPE)
+        routers = {
+            name: router_stats(handle.deployment_name)
+            for name, handle in self.models.handles.items()
+        }
+        return Response(self.metrics.render(stats, routers), media_type=CONTENT_TYPE)
 
     async def _replica_snapshots(self) -> list[ReplicaSnapshot]:
         """Every replica of the served models, waiting on none that cannot answer now."""

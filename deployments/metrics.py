@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
     UnknownMetricFamily,
 )
 
+from autoscale.router_stats import BucketHistogram, RouterStats
 from engine import METRIC_COUNTER, METRIC_GAUGE, EngineStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -43,6 +45,8 @@ _TPOT_BUCKETS_S = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5
 
 # (model, replica id) -> that replica's engine stats
 EngineStatsByReplica = Mapping[tuple[str, str], Mapping[str, float]]
+# model -> the stats of its KV-aware routers in this process (autoscale/feedback.py)
+RouterStatsByModel = Mapping[str, Sequence[RouterStats]]
 
 
 class ServeMetrics:
@@ -111,10 +115,15 @@ class ServeMetrics:
         self.prompt_tokens.labels(model).inc(num_prompt_tokens)
         self.generation_tokens.labels(model).inc(num_generated_tokens)
 
-    def render(self, engine_stats: EngineStatsByReplica) -> bytes:
-        """The Prometheus text exposition: these metrics, then the replicas' engine stats."""
+    def render(
+        self, engine_stats: EngineStatsByReplica, router_stats: RouterStatsByModel | None = None
+    ) -> bytes:
+        """The Prometheus text exposition: these metrics, the replicas' engine stats, then
+        the routers' (decisions by reason, decision latency, predicted vs observed TTFT,
+        prefix-cache blocks mirrored per replica)."""
         engine = CollectorRegistry()
         engine.register(_EngineStatsCollector(engine_stats))
+        engine.register(_RouterStatsCollector(router_stats or {}))
         return generate_latest(self.registry) + generate_latest(engine)
 
 
@@ -150,6 +159,73 @@ class _EngineStatsCollector:
                 if field in values:
                     family.add_metric([model, replica], float(values[field]))
             yield family
+
+
+class _RouterStatsCollector:
+    """A one-shot collector over the routers' stats, summed per model."""
+
+    def __init__(self, stats: RouterStatsByModel):
+        self.stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        decisions = CounterMetricFamily(
+            f"{PREFIX}_router_decisions",
+            "Routing decisions by reason: cache_hit, least_wait, fallback (power-of-two while "
+            "a replica has no step times yet), spilled (the best replica was full).",
+            labels=["model", "reason"],
+        )
+        blocks = GaugeMetricFamily(
+            f"{PREFIX}_router_cached_blocks",
+            "Prefix-cache blocks the router mirrors for each replica.",
+            labels=["model", "replica"],
+        )
+        histograms = {
+            "decision_latency_s": (
+                f"{PREFIX}_router_decision_latency_seconds",
+                "Time the router took to rank the replicas for one request.",
+            ),
+            "predicted_ttft_s": (
+                f"{PREFIX}_router_predicted_ttft_seconds",
+                "Time to first token the router predicted on the replica it chose.",
+            ),
+            "observed_ttft_s": (
+                f"{PREFIX}_router_observed_ttft_seconds",
+                "Time to first token observed for the same requests.",
+            ),
+        }
+        families = {
+            key: HistogramMetricFamily(name, doc, labels=["model"])
+            for key, (name, doc) in histograms.items()
+        }
+        for model, routers in sorted(self.stats.items()):
+            if not routers:
+                continue
+            reasons = sorted({reason for r in routers for reason in r.decisions})
+            for reason in reasons:
+                decisions.add_metric([model, reason], sum(r.decisions[reason] for r in routers))
+            for router in routers:
+                for replica, num in sorted(router.cached_blocks.items()):
+                    blocks.add_metric([model, replica], num)
+            for key, family in families.items():
+                merged = _merged([getattr(r, key) for r in routers])
+                buckets = [(_bound(b), n) for b, n in merged.cumulative()]
+                family.add_metric([model], buckets, merged.total)
+        yield decisions
+        yield blocks
+        yield from families.values()
+
+
+def _merged(histograms: Sequence[BucketHistogram]) -> BucketHistogram:
+    out = BucketHistogram(histograms[0].bounds)
+    for h in histograms:
+        out.counts = [a + b for a, b in zip(out.counts, h.counts, strict=True)]
+        out.total += h.total
+        out.count += h.count
+    return out
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
 
 
 _FAMILIES = {METRIC_COUNTER: CounterMetricFamily, METRIC_GAUGE: GaugeMetricFamily}

@@ -2,7 +2,8 @@
 
 Each choice is its own engine request: a request with P prompts and n samples opens
 P * n streams, choice `index = prompt_index * n + sample_index`, sample i seeded
-`seed + i` (`params_for_sample`). Streamed answers are server-sent events ending with
+`seed + i` (`params_for_sample`). Prompts and chat messages go to the model as token ids
+(`ModelTable.prompt_kwargs`). Streamed answers are server-sent events ending with
 `data: [DONE]`; with stream_options.include_usage a last chunk carries the usage.
 """
 
@@ -76,9 +77,8 @@ async def completions(
         if not prompt:
             param = "prompt" if len(prompts) == 1 else f"prompt.{index}"
             raise ApiError(400, "prompt must not be empty", param)
-    streams = _open_streams(
-        table, model, [{"prompt": p} for p in prompts], request.n, params, on_done
-    )
+    inputs = [await table.prompt_kwargs(model, p) for p in prompts]
+    streams = _open_streams(table, model, inputs, request.n, params, on_done)
     await open_all(streams)
     response_id = new_id("cmpl")
     if request.stream:
@@ -108,7 +108,7 @@ async def chat_completions(
 ) -> Response:
     info = await table.info(model)
     params = request.to_sampling_params(default_max_tokens=info.max_model_len)
-    inputs = [{"prompt": None, "messages": request.conversation()}]
+    inputs = [await table.prompt_kwargs(model, messages=request.conversation())]
     streams = _open_streams(table, model, inputs, request.n, params, on_done)
     await open_all(streams)
     response_id = new_id("chatcmpl")

@@ -9,6 +9,7 @@ Handle methods (from the ingress or `deployments.client`):
 
     handle.options(stream=True).generate.remote(prompt, params)  -> GenerationChunk stream
     handle.options(stream=True).step_stream.remote(session)      -> per-step chunk batches
+                                                                   (with ReplicaUpdates)
     handle.tokenize.remote(text)   handle.model_info.remote()   handle.stats.remote()
 """
 
@@ -24,7 +25,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
+from autoscale.replica_feed import ReplicaFeed
+from autoscale.replica_update import ReplicaUpdate
 from cluster.env import stream_interval_ms
 from deployments.config import ModelConfig
 from deployments.engine_config import engine_config_for
@@ -67,9 +71,14 @@ class LLMServer:
         self, model: ModelConfig, device: str, executor_factory: ExecutorFactory | None = None
     ):
         self.model = model
+        # What the routers learn of this replica: its steps and prefix-cache block events.
+        self._feed = ReplicaFeed(_replica_id_or_local())
         self.engine = AsyncEngine(
-            engine_config_for(model, device), executor_factory=executor_factory or create_executor
+            engine_config_for(model, device),
+            executor_factory=executor_factory or create_executor,
+            step_observer=self._feed.on_step,
         )
+        self._feed.request_snapshot = self.engine.engine.request_block_snapshot
         self._info = self.engine.info()
         self._probe_timeout_s = model.serve.health_check_timeout_s * HEALTH_PROBE_TIMEOUT_SHARE
         self._throughput = _RateMeter(THROUGHPUT_WINDOW_S)
@@ -165,15 +174,21 @@ class LLMServer:
             prompt = ids[-truncate:]
         return prompt
 
-    async def step_stream(self, session: str) -> AsyncIterator[str | tuple[GenerationChunk, ...]]:
+    async def step_stream(
+        self, session: str
+    ) -> AsyncIterator[str | tuple[tuple[GenerationChunk, ...], ReplicaUpdate | None]]:
         """A step stream of the caller `session`: first its id (what a Handoff names), then
-        per engine step one tuple of the chunks of the session's requests handed off to it.
-        Runs until the caller closes it."""
+        per engine step `(chunks, update)`: a tuple of the chunks of the session's requests
+        handed off to it, and what changed on this replica for the session's routers since
+        its previous update (`ReplicaFeed.update_for`; None when nothing did, and on every
+        step stream of the session but the first, so one cursor is read in order). Runs
+        until the caller closes it."""
         carrier = self._step_streams.open(session)
         try:
             yield carrier.id
             async for batch in carrier.batches():
-                yield batch
+                is_first = self._step_streams.find(session) is carrier
+                yield batch, self._feed.update_for(session) if is_first else None
         finally:
             self._step_streams.close(carrier)
 
@@ -241,6 +256,7 @@ class LLMServer:
             max_num_seqs=info.max_num_seqs,
             vocab_size=info.vocab_size,
             has_chat_template=info.chat_template is not None,
+            tokenizer_path=str(self.model.tokenizer or info.model_path),
         )
 
     # -- stats and health ---------------------------------------------------------------
@@ -270,8 +286,14 @@ class LLMServer:
         return self.stats()
 
     def record_routing_stats(self) -> dict[str, Any]:
-        """Serve's routing stats hook (a request router reads it as replica.routing_stats)."""
-        return {**self.stats(), "replica_id": self.replica_id(), "model": self.model.name}
+        """Serve's routing stats hook (a request router reads it as replica.routing_stats);
+        `kv_routing` is a ReplicaUpdate snapshot: every cached block hash and recent steps."""
+        return {
+            **self.stats(),
+            "replica_id": self.replica_id(),
+            "model": self.model.name,
+            "kv_routing": self._feed.snapshot(),
+        }
 
     def replica_id(self) -> str:
         return serve.get_replica_context().replica_id.unique_id
@@ -301,6 +323,15 @@ class LLMServer:
         # Serve calls __del__ on graceful shutdown.
         if hasattr(self, "engine"):
             self.engine.shutdown()
+
+
+def _replica_id_or_local() -> str:
+    """This Serve replica's unique id (set before the constructor runs), or a made-up one
+    for an LLMServer built without Serve (a test)."""
+    try:
+        return serve.get_replica_context().replica_id.unique_id
+    except RayServeException:
+        return f"local-{uuid.uuid4().hex}"
 
 
 class _RateMeter:

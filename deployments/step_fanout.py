@@ -6,6 +6,10 @@ A step stream is opened when the first request of a model is, and another whenev
 request sent after the last one was established still streams on its own stream (its
 replica has none), up to MAX_STEP_STREAMS. A step stream that fails fails the requests it
 carries (a 503: its replica is gone); one that ends (idle) is forgotten.
+
+Each message also brings what changed on its replica (a ReplicaUpdate: block events and
+step timings), handed to this process's KV-aware routers of the model's deployment
+(autoscale.feedback).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import logging
 import time
 import uuid
 from typing import Any
+
+from autoscale.feedback import RouterFeedback, feedback_for
+from autoscale.replica_update import ReplicaUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +82,10 @@ class StepFanout:
             step_stream_id = await gen.__anext__()
             self._established_s = time.monotonic()
             queues = self._queues
-            async for batch in gen:
+            feedback = feedback_for(self.handle.deployment_name)
+            async for batch, update in gen:
+                if update is not None:  # first: a request that ends here is routed on it
+                    self._feed_routers(feedback, update)
                 for chunk in batch:
                     queue = queues.get(chunk.request_id)
                     if queue is not None:
@@ -95,6 +105,16 @@ class StepFanout:
                 queue = self._queues.get(request_id)
                 if queue is not None:
                     queue.put_nowait(error or StepStreamEnded(step_stream_id))
+
+    def _feed_routers(self, feedback: RouterFeedback, update: ReplicaUpdate) -> None:
+        # NOTE: a router's fault must not read as this replica's: it would fail the
+        # requests the step stream carries.
+        try:
+            feedback.on_replica_update(update)
+        except Exception:
+            logger.exception(
+                "the routers of %s failed on a replica update", feedback.deployment_name
+            )
 
     def close(self) -> None:
         for task in list(self._tasks):

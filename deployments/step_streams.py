@@ -11,6 +11,10 @@ finishes: the caller cancels it to abort the request (freeing its KV blocks at o
 an engine failure still ends it with the error. A request on a replica without a step
 stream of its session streams on its own stream as before.
 
+Each message of a step stream is `(chunks, update)`: one engine step's chunks and what
+changed on the replica since the session's previous update (a ReplicaUpdate for the
+caller's KV-aware routers, autoscale/replica_feed.py; None when nothing did).
+
 A step stream with no request handed to it for IDLE_S ends (the caller opens another when
 it needs one), so a replica being drained is not held open by its callers' step streams.
 """

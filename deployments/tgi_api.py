@@ -85,14 +85,9 @@ async def generate_stream(
 async def _open(
     table: ModelTable, model: str, request: GenerateRequest, on_done: OnSampleDone
 ) -> SampleStream:
+    prompt = await table.prompt_kwargs(model, request.inputs, truncate=request.parameters.truncate)
     stream = table.sample_stream(
-        model,
-        0,
-        on_done,
-        prompt=request.inputs,
-        params=request.to_sampling_params(),
-        request_id=new_id("tgi"),
-        truncate=request.parameters.truncate,
+        model, 0, on_done, params=request.to_sampling_params(), request_id=new_id("tgi"), **prompt
     )
     await open_all([stream])
     return stream

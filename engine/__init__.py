@@ -62,6 +62,17 @@ _EXPORTS = {
     "BLOCK_EVICTED": "engine.block_events",
     # model files (imports torch and transformers)
     "load_model_config": "engine.loader:load_config",
+    # what each step did, for a step observer (a router's feed); these load no torch
+    "StepRecord": "engine.step_record",
+    "StepObserver": "engine.step_record",
+    "StepKind": "engine.scheduler",
+    "BlockEvent": "engine.block_events",
+    "BlockEventBatch": "engine.block_events",
+    # prompts to token ids as the engine computes them, for the ingress (the names load no
+    # torch; load_prompt_encoder loads the tokenizer with torch and transformers)
+    "PromptEncoder": "engine.prompt_encoder",
+    "load_prompt_encoder": "engine.prompt_encoder",
+    "truncate_prompt": "engine.prompt_encoder",
 }
 
 __all__ = sorted(_EXPORTS)

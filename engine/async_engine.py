@@ -23,8 +23,10 @@ from engine.errors import EngineDeadError
 from engine.executor import ExecutorFactory
 from engine.llm_engine import Engine
 from engine.outputs import RequestDelta
+from engine.prompt_encoder import PromptEncoder
 from engine.sampling_params import SamplingParams
 from engine.stats import EngineStats
+from engine.step_record import StepObserver
 from engine.thread_cpu import current_thread_id, helper_threads_cpu_s, name_this_thread
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,9 @@ class AsyncEngine:
         print(delta.text, end="")           # the text this step added
 
     `executor_factory` builds the executor (see engine.executor.ExecutorFactory); None = the
-    local one for tp_size 1, the registered tensor-parallel one otherwise.
+    local one for tp_size 1, the registered tensor-parallel one otherwise. `step_observer`
+    gets a StepRecord after every step, `warm_up`'s included, on the stepping thread
+    (engine.step_record: it must be cheap and thread-safe).
     """
 
     def __init__(
@@ -47,8 +51,11 @@ class AsyncEngine:
         config: EngineConfig | None = None,
         *,
         executor_factory: ExecutorFactory | None = None,
+        step_observer: StepObserver | None = None,
     ):
-        self.engine = Engine(config or EngineConfig(), executor_factory)
+        self.engine = Engine(
+            config or EngineConfig(), executor_factory, step_observer=step_observer
+        )
         self._info = self._describe()
         self._streams: dict[str, asyncio.Queue] = {}
         self._pending_aborts: set[str] = set()
@@ -95,17 +102,13 @@ class AsyncEngine:
     def encode(self, prompt: str) -> list[int]:
         """The token ids the engine computes for `prompt` (special tokens such as BOS added
         as the tokenizer does). Raises ValueError when the engine has no tokenizer."""
-        return self.engine.encode(prompt)
+        return PromptEncoder(self._tokenizer()).encode(prompt)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """The prompt ids of a chat: the tokenizer's chat template with the generation
-        prompt added. Raises ValueError when there is no tokenizer or no chat template."""
-        tokenizer = self._tokenizer()
-        if not tokenizer.chat_template:
-            raise ValueError("messages need a chat template, and this model's tokenizer has none")
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        # The template already wrote any BOS text: encode without adding special tokens.
-        return tokenizer.encode(text, add_special_tokens=False)
+        prompt added. Raises ValueError when there is no tokenizer or no chat template.
+        The ingress computes the same ids with its own engine.PromptEncoder."""
+        return PromptEncoder(self._tokenizer()).encode_chat(messages)
 
     def decode(self, token_ids: list[int]) -> str:
         """The text of `token_ids` (a lone token holding part of a UTF-8 character decodes

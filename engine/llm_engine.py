@@ -32,18 +32,30 @@ from engine.output_processor import (
     make_output,
 )
 from engine.outputs import RequestDelta, RequestOutput, TokenLogprob
+from engine.prompt_encoder import PromptEncoder
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler, SchedulerOutput, StepKind
 from engine.sequence import Sequence
 from engine.shapes import StepShape, StepShaper, check_covers
 from engine.stats import EngineStats
+from engine.step_record import StepObserver, StepRecord
 from engine.strategy import DecodeStrategy
 
 logger = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, executor_factory: ExecutorFactory | None = None):
+    """`step_observer` (also settable as an attribute) gets a StepRecord after every step
+    (engine.step_record), on the stepping thread; with none, block events are not drained
+    (the block manager's bounded log overflows instead)."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        executor_factory: ExecutorFactory | None = None,
+        *,
+        step_observer: StepObserver | None = None,
+    ):
         self.model_path = resolve_model_path(config.model)
         self.hf_config = load_config(self.model_path)
         self.tokenizer = None
@@ -78,6 +90,8 @@ class Engine:
         # CPU time of the stepping thread inside executor.execute (the forward and the
         # sampling; the threads torch runs beside it are counted by AsyncEngine).
         self.execute_thread_cpu_s = 0.0
+        self.step_observer = step_observer
+        self._is_snapshot_requested = False
 
     # -- set-up -------------------------------------------------------------------------
     def _resolve_max_model_len(self, config: EngineConfig) -> int:
@@ -169,7 +183,7 @@ class Engine:
     def encode(self, prompt: str) -> list[int]:
         if self.tokenizer is None:
             raise ValueError("prompt must be token ids: this engine has no tokenizer")
-        return self.tokenizer.encode(prompt)
+        return PromptEncoder(self.tokenizer).encode(prompt)
 
     def add_request(
         self,
@@ -229,10 +243,13 @@ class Engine:
 
     def _step(self) -> list[tuple[RequestState, bool]]:
         start = time.perf_counter()
+        observer = self.step_observer
         k = self.strategy.num_lookahead_tokens(self.scheduler.running)
         sched = self.scheduler.schedule(num_lookahead_tokens=k)
         if sched is None:
             return []
+        if observer is not None:  # before the rows advance past this step's tokens
+            num_context_tokens = sum(item.seq.num_computed_tokens for item in sched.scheduled)
         inp = self.strategy.build_input(sched, k)
         self._account(inp.shape, inp.num_tokens)
         exec_start, exec_cpu_start = time.perf_counter(), time.thread_time()
@@ -241,8 +258,30 @@ class Engine:
         self.execute_thread_cpu_s += time.thread_time() - exec_cpu_start
         self._counters["steps"] += 1
         rows = self._process(sched, out)
-        self.strategy.on_step_end(sched, time.perf_counter() - start, execute_s)
+        step_s = time.perf_counter() - start
+        self.strategy.on_step_end(sched, step_s, execute_s)
+        if observer is not None:
+            observer(self._step_record(sched, inp.num_tokens, num_context_tokens, step_s))
         return rows
+
+    def _step_record(
+        self, sched: SchedulerOutput, num_tokens: int, num_context_tokens: int, step_s: float
+    ) -> StepRecord:
+        bm = self.block_manager
+        events = bm.drain_events()
+        snapshot = None
+        if events.overflowed or self._is_snapshot_requested:
+            self._is_snapshot_requested = False
+            snapshot = bm.cached_block_hashes()  # right after the drain: they agree
+        kind = sched.kind.value
+        return StepRecord(
+            kind, num_tokens, len(sched.scheduled), num_context_tokens, step_s, events, snapshot
+        )
+
+    def request_block_snapshot(self) -> None:
+        """Have the next step's record carry the cached block hashes even without an
+        overflow (an observer that lost records resyncs). Thread-safe: sets a flag."""
+        self._is_snapshot_requested = True
 
     def _account(self, shape: StepShape, num_real_tokens: int) -> None:
         if shape not in self.warmed:

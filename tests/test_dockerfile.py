@@ -120,7 +120,8 @@ def test_every_install_step_of_the_makefile_is_in_the_dockerfile(make_steps, run
 
 
 def assert_same_project_install(make_step: str, run_text: str) -> None:
-    """Same command and constraint; extras: the Makefile's minus the test tools."""
+    """Same command and constraint; extras: the Makefile's minus the test and benchmark
+    tools (an image serves; it neither tests nor benchmarks)."""
     make_tokens = shlex.split(make_step)
     prefix = " ".join(make_step.split()[:-1])  # the command up to the install target
     assert prefix in run_text, f"no `{prefix} TARGET` in the Dockerfile"
@@ -128,7 +129,7 @@ def assert_same_project_install(make_step: str, run_text: str) -> None:
     make_extras = extras_of(make_tokens[-1])
     docker_extras = extras_of(docker_target)
     assert make_extras >= {"test"} and pyproject_extras() >= make_extras
-    assert docker_extras == make_extras - {"test"}
+    assert docker_extras == make_extras - {"test", "bench"}
     assert docker_target.split("[")[0] == make_tokens[-1].split("[")[0] == "."
 
 

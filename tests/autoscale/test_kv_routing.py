@@ -8,9 +8,12 @@ import random
 import pytest
 
 from autoscale.kv_routing import KvAwareRouting
+from autoscale.replica_update import ReplicaUpdate, StepSample
 from autoscale.routing_policy import CACHE_HIT, FALLBACK, LEAST_WAIT
-from autoscale.step_time import PREFILL
+from autoscale.step_time import DECODE, PREFILL
+from engine.block_events import BLOCK_EVICTED, BLOCK_STORED, BlockEvent
 from engine.block_manager import BlockManager
+from engine.prefix_hash import prefix_block_hashes
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
@@ -48,7 +51,7 @@ class Fleet:
     def finish(self, rid: str) -> None:
         name, seq = self.running.pop(rid)
         self.caches[name].free(seq)
-        assert self.router.inflight.on_finished(rid)
+        assert self.router.on_finished(rid)
 
     def publish(self, name: str) -> None:
         batch = self.caches[name].drain_events()
@@ -117,3 +120,75 @@ def test_counts_return_to_zero_and_bad_prompts_raise():
         fleet.router.choose("empty", [], ["a"])
     with pytest.raises(ValueError, match="block_size"):
         KvAwareRouting(0)
+
+
+def test_a_prompt_in_flight_counts_as_cached_where_it_was_sent():
+    """A prompt sharing a prefix with one in flight goes where that one was computed, even
+    before the replica's stored events arrive; once it finishes, only events count. While
+    the first is still queued for prefill, waiting behind it costs more than computing the
+    prefix elsewhere (both would compute it in the same step anyway)."""
+    router = KvAwareRouting(BLOCK, rng=random.Random(0))
+    for name in ("a", "b"):
+        for n in (64, 256, 1024):
+            router.step_time(name).observe(PREFILL, n, 0.005 + 1e-4 * n)
+    shared = prompt(7, 320, [1])
+    first = router.rank(shared, ["a", "b"])
+    router.on_routed("r1", first.decision.replica, first)
+    queued = router.rank(prompt(7, 320, [2]), ["a", "b"])
+    assert queued.decision.replica != first.decision.replica
+    router.on_first_token("r1")
+    second = router.rank(prompt(7, 320, [2]), ["a", "b"])
+    assert second.decision.replica == first.decision.replica
+    assert second.decision.reason == CACHE_HIT
+    assert second.num_prefill_tokens[first.decision.replica] == 1
+    assert router.on_finished("r1") and not router.on_finished("r1")
+    third = router.rank(prompt(7, 320, [3]), ["a", "b"])
+    assert third.decision.reason == LEAST_WAIT  # nothing confirmed it: no cache either way
+
+
+def test_rank_orders_every_candidate_and_ranks_text_prompts_by_load():
+    router = KvAwareRouting(BLOCK, rng=random.Random(0))
+    names = ["a", "b", "c"]
+    for name in names:
+        router.step_time(name).observe(PREFILL, 100, 0.02)
+    router.inflight.on_routed("a", "busy-a", 5000)
+    router.inflight.on_routed("b", "busy-b", 500)
+    ranking = router.rank(None, names, num_prompt_tokens=300)
+    assert ranking.replicas == ["c", "b", "a"] and ranking.block_hashes == ()
+    assert ranking.num_prefill_tokens == {"a": 300, "b": 300, "c": 300}
+
+
+def test_updates_feed_the_index_and_the_step_model_and_old_snapshots_are_skipped():
+    router = KvAwareRouting(BLOCK)
+    tokens = prompt(3, 64, [9])
+    hashes = list(prefix_block_hashes(tokens, BLOCK, num_blocks=4))
+    steps = (StepSample(PREFILL, 65, 0.02, 0), StepSample(DECODE, 2, 0.01, 130))
+    events = tuple(BlockEvent(i, BLOCK_STORED, h) for i, h in enumerate(hashes))
+    router.apply_update(ReplicaUpdate("a", events, 4, None, steps))
+    assert router.index.num_blocks("a") == 4 and router.step_time("a").has_data
+    assert router.rank(tokens, ["a"]).num_prefill_tokens["a"] == 1
+    # A snapshot taken before those events (number 2) is older than what is known: skipped.
+    router.apply_update(ReplicaUpdate("a", (), 2, tuple(hashes[:2]), ()))
+    assert router.index.num_blocks("a") == 4
+    # An eviction numbered 5 after a missed event 4: stale until a snapshot arrives.
+    router.apply_update(ReplicaUpdate("a", (BlockEvent(5, BLOCK_EVICTED, hashes[3]),), 6, None, ()))
+    assert router.index.needs_snapshot("a") and router.index.num_blocks("a") == 3
+    router.apply_update(ReplicaUpdate("a", (), 6, tuple(hashes[:1]), ()))
+    assert not router.index.needs_snapshot("a") and router.index.num_blocks("a") == 1
+    router.apply_update(ReplicaUpdate("a", (), 6, (), steps), with_steps=False)
+    assert router.step_time("a").num_observations(PREFILL) == 1
+
+
+def test_replicas_that_measured_a_few_percent_apart_share_the_load():
+    """Equal replicas fit models a few percent apart; near-equal predictions are ties,
+    broken by load, so a lightly loaded fleet is not all sent to the one that measured
+    faster."""
+    router = KvAwareRouting(BLOCK, rng=random.Random(0))
+    for name, scale in (("a", 1.0), ("b", 1.05)):
+        for n in (64, 256, 1024):
+            router.step_time(name).observe(PREFILL, n, scale * (0.005 + 1e-4 * n))
+    chosen = []
+    for i in range(4):
+        chosen.append(router.choose(f"r{i}", prompt(10 + i, 100, [i]), ["a", "b"]).replica)
+        router.on_first_token(f"r{i}")  # decoding: one row each, no queue
+    assert sorted(chosen) == ["a", "a", "b", "b"]

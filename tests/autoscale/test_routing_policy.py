@@ -113,3 +113,19 @@ def test_bad_input_raises():
         choose([view("a")], num_tokens=0)
     with pytest.raises(ValueError, match="no step-time model"):
         predict_ttft_s(ReplicaView("a", 0, 0, 0, 0, None), 10, BLOCK)
+
+
+def test_a_full_batch_makes_a_new_request_wait_for_rows_to_free():
+    """Four decoding rows of max_tokens 64 fill a 4-row batch: the cache holder's next
+    request waits for rows to free (1/4 x 64 tokens x a 20 ms step = 0.32 s), longer than
+    computing the whole prompt elsewhere; with rows to spare, the cache wins."""
+    full = ReplicaView("hot", 60, 4, 0, 4, model(), num_output_tokens=4 * 64)
+    idle = view("idle")
+    assert choose([full, idle]).replica == "hot"  # no batch limit given: the cache wins
+    decision = choose_replica([full, idle], 1000, BLOCK, random.Random(0), max_num_seqs=4)
+    assert decision.replica == "idle"
+    wait = predict_ttft_s(full, 1000, BLOCK, max_num_seqs=4) - predict_ttft_s(full, 1000, BLOCK)
+    assert wait == pytest.approx(1 / 4 * 64 * 0.02)
+    assert choose_replica([full, idle], 1000, BLOCK, random.Random(0), max_num_seqs=8).replica == (
+        "hot"
+    )

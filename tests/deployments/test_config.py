@@ -368,6 +368,36 @@ def test_max_queued_requests_uses_none_for_no_limit_and_rejects_zero():
     assert limited.serve_deployment_options()["max_queued_requests"] == 5
 
 
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("kv_aware", "KvAwareRequestRouter"),
+        ("power_of_two", "PowerOfTwoChoicesRequestRouter"),
+        ("prefix_affinity", "PrefixAffinityRequestRouter"),
+        ("round_robin", "RoundRobinRequestRouter"),
+    ],
+)
+def test_request_router_option_picks_a_serve_router_class(name, cls):
+    from ray.serve.config import RequestRouterConfig
+
+    model = parse_config(
+        one_model(engine={"block_size": 32}, serve={"request_router": name})
+    ).models[0]
+    config = RequestRouterConfig(**model.serve_deployment_options("cpu")["request_router_config"])
+    assert config.get_request_router_class().__name__ == cls
+    kwargs = config.request_router_kwargs
+    assert kwargs == ({"block_size": 32, "max_num_seqs": 32} if name == "kv_aware" else {})
+
+
+def test_request_router_option_names_the_allowed_values():
+    (problem,) = problems_of(one_model(serve={"request_router": "random"}))
+    assert problem.startswith("models.0.serve.request_router: ")
+    for name in ("kv_aware", "power_of_two", "prefix_affinity", "round_robin"):
+        assert name in problem
+    (problem,) = problems_of(one_model(serve={"routing_stats_period_s": 0}))
+    assert problem.startswith("models.0.serve.routing_stats_period_s: ")
+
+
 def test_serve_options_for_one_card_replicas():
     model = parse_config(one_model(serve={"num_replicas": 3, "health_check_timeout_s": 60}))
     options = model.models[0].serve_deployment_options("cuda")
@@ -378,6 +408,11 @@ def test_serve_options_for_one_card_replicas():
         "health_check_period_s": 10.0,
         "health_check_timeout_s": 60.0,
         "ray_actor_options": {"num_cpus": 1, "num_gpus": 1},
+        "request_router_config": {
+            "request_router_class": "autoscale.serve_router:KvAwareRequestRouter",
+            "request_router_kwargs": {"block_size": 16, "max_num_seqs": 32},
+            "request_routing_stats_period_s": 2.0,
+        },
     }
     hpu = parse_config(one_model(device="hpu")).models[0].serve_deployment_options("cuda")
     assert hpu["ray_actor_options"] == {"num_cpus": 1, "resources": {"HPU": 1}}

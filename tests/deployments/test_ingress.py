@@ -5,16 +5,20 @@ kind of bad input."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 
 import httpx
 import openai
 import pytest
+from ray import serve
 from text_generation import Client as TgiClient
 from text_generation.errors import ValidationError as TgiValidationError
 
-from engine import SamplingParams
+from autoscale import feedback
+from deployments.config import APP_NAME
+from engine import SamplingParams, load_prompt_encoder
 from tests.deployments.serve_fixtures import (
     engine_stat,
     model_entry,
@@ -164,6 +168,61 @@ def test_chat_completion_uses_the_chat_template(client, offline):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == (
         response.choices[0].message.content
     )
+
+
+def test_chat_as_token_ids_is_the_chat_completion(client, model_dirs):
+    """The ingress sends a chat as the ids of its template: the same ids given to
+    /v1/completions are the same request."""
+    messages = [{"role": "user", "content": "hello"}]
+    ids = load_prompt_encoder(model_dirs["chat"]).encode_chat(messages)
+    chat = client.chat.completions.create(model="chat", messages=messages, max_tokens=6, **GREEDY)
+    completion = client.completions.create(model="chat", prompt=ids, max_tokens=6, **GREEDY)
+    assert completion.choices[0].text == chat.choices[0].message.content
+    assert completion.usage.prompt_tokens == chat.usage.prompt_tokens == len(ids)
+
+
+class FirstTokens:
+    """A stand-in KV-aware router of this process: records its first-token feedback."""
+
+    def __init__(self):
+        self.seen: list[tuple[str, float]] = []
+
+    def on_first_token(self, request_id: str, ttft_s: float) -> None:
+        self.seen.append((request_id, ttft_s))
+
+    def on_replica_update(self, update) -> None:
+        pass
+
+
+def test_streams_report_their_first_token_to_the_routers(base_url, model_dirs, offline):
+    """Both the ingress's SampleStream and LLMClient (here in this driver process) tell the
+    model's routers when a request's first token came and how long it took."""
+    from deployments.client import LLMClient
+    from deployments.handles import SampleStream
+
+    routers = FirstTokens()
+    feedback.register("chat", routers)
+    handle = serve.get_deployment_handle("chat", APP_NAME)
+    params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+    messages = [{"role": "user", "content": "hello"}]
+
+    async def main():
+        stream = SampleStream(handle, 0, prompt=[5, 6, 7], params=params, request_id="s-1")
+        await stream.open()
+        chunks = [chunk async for chunk in stream.chunks()]
+        stream.close()
+        text = await LLMClient(APP_NAME, model="chat").complete(
+            messages=messages, max_tokens=6, temperature=0, ignore_eos=True
+        )
+        return chunks, text
+
+    chunks, text = asyncio.run(main())
+    assert chunks[-1].num_generated_tokens == 3 and chunks[-1].num_prompt_tokens == 3
+    ids = load_prompt_encoder(model_dirs["chat"]).encode_chat(messages)
+    assert text == offline_text(offline["chat"], ids, 6)
+    assert [rid for rid, _ in routers.seen[:1]] == ["s-1"]
+    assert len(routers.seen) == 2 and routers.seen[1][0].startswith("client-")
+    assert all(ttft_s > 0 for _, ttft_s in routers.seen)
 
 
 def test_chat_without_a_template_is_a_clear_400(client):

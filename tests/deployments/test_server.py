@@ -12,6 +12,7 @@ import shutil
 import pytest
 from ray import serve
 
+from autoscale.step_time import DECODE, PREFILL
 from deployments.client import LLMClient
 from deployments.config import parse_config
 from deployments.engine_config import engine_config_for
@@ -22,7 +23,7 @@ from deployments.generation import (
     InvalidRequestError,
 )
 from deployments.server import LLMServer
-from engine import SamplingParams
+from engine import BLOCK_STORED, SamplingParams
 from tests.conftest import assert_engine_idle
 from tests.deployments.serve_fixtures import (
     WedgeOnMarker,
@@ -85,7 +86,9 @@ def test_handle_streams_chunks_equal_to_offline(app, offline):
 def test_step_stream_carries_a_sessions_chunks_per_step(app, offline):
     """A session's requests send their first chunk and a Handoff on their own stream, the
     rest on the session's step stream, several requests per message; closing a handed-off
-    request's own stream still aborts it and frees its blocks."""
+    request's own stream still aborts it and frees its blocks. Each message's ReplicaUpdate
+    (a snapshot first, then block events) keeps the session's mirror of the replica's
+    prefix cache equal to the routing stats' snapshot."""
     handle = serve.get_deployment_handle("tiny", APP)
     expected = offline.generate([PROMPT], GREEDY)[0]
     streaming = handle.options(stream=True)
@@ -99,11 +102,18 @@ def test_step_stream_carries_a_sessions_chunks_per_step(app, offline):
         }
         chunks = {rid: [await gen.__anext__()] for rid, gen in own.items()}
         assert [await gen.__anext__() for gen in own.values()] == [Handoff(step_stream_id)] * 3
-        num_messages = 0
+        num_messages, updates = 0, []
         while not all(c[-1].is_finished for c in chunks.values()):
             num_messages += 1
-            for chunk in await steps.__anext__():
+            batch, update = await steps.__anext__()
+            for chunk in batch:
                 chunks[chunk.request_id].append(chunk)
+            updates.append(update)
+        assert updates[0].snapshot is not None  # a new session starts from a snapshot
+        mirrored = mirror(u for u in updates if u is not None)
+        routing = (await handle.record_routing_stats.remote())["kv_routing"]
+        assert mirrored == set(routing.snapshot) and mirrored  # the prompt's blocks are in
+        assert {u.replica for u in updates if u is not None} == {routing.replica}
         for gen in own.values():  # each own stream ends once its request has finished
             with pytest.raises(StopAsyncIteration):
                 await gen.__anext__()
@@ -124,6 +134,24 @@ def test_step_stream_carries_a_sessions_chunks_per_step(app, offline):
     wait_until(lambda: handle.stats.remote().result()["num_running"] == 0)
     stats = handle.stats.remote().result()
     assert stats["num_free_blocks"] == stats["num_total_blocks"]
+
+
+def mirror(updates) -> set[int]:
+    """The cached block hashes a router following `updates` holds."""
+    hashes: set[int] = set()
+    next_seq = 0
+    for update in updates:
+        if update.snapshot is not None:
+            hashes, next_seq = set(update.snapshot), update.next_seq
+            continue
+        assert [e.seq for e in update.events] == list(range(next_seq, update.next_seq))
+        for event in update.events:
+            if event.kind == BLOCK_STORED:
+                hashes.add(event.block_hash)
+            else:
+                hashes.discard(event.block_hash)
+        next_seq = update.next_seq
+    return hashes
 
 
 def test_handle_logprobs_tokenize_and_model_info(app, offline):
@@ -167,6 +195,10 @@ def test_stats_hooks_follow_serves_contract(app):
     routing = handle.record_routing_stats.remote().result()
     assert routing["model"] == "tiny" and routing["replica_id"]
     assert routing["generation_tokens_per_s"] >= 0
+    kv_routing = routing["kv_routing"]  # a ReplicaUpdate snapshot of the replica
+    assert kv_routing.replica == routing["replica_id"] and kv_routing.events == ()
+    assert isinstance(kv_routing.snapshot, tuple) and kv_routing.steps
+    assert {s.kind for s in kv_routing.steps} == {PREFILL, DECODE}
 
 
 def test_client_complete_stream_and_early_exit(app, offline):

@@ -11,6 +11,13 @@ import engine
 
 # What an ingress, a client and the serving config import: none of it may load torch.
 LIGHT_NAMES = (
+    "BlockEvent",
+    "BlockEventBatch",
+    "PromptEncoder",
+    "StepKind",
+    "StepRecord",
+    "load_prompt_encoder",
+    "truncate_prompt",
     "BLOCK_EVICTED",
     "BLOCK_SIZE_CHOICES",
     "BLOCK_STORED",
