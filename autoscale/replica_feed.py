@@ -153,6 +153,12 @@ class ReplicaFeed:
             self._ingest()
             return self._snapshot_update(tuple(self._steps))
 
+    def recent_steps(self) -> tuple[StepSample, ...]:
+        """The recent step samples alone (no copy of the hash set)."""
+        with self._lock:
+            self._ingest()
+            return tuple(self._steps)
+
     @property
     def num_sessions(self) -> int:
         return len(self._sessions)

@@ -5,7 +5,9 @@
       - name: pycoder                # the OpenAI "model" id
         tp_size: 2
         engine: {max_num_seqs: 32}
-        serve: {autoscaling: {min_replicas: 1, max_replicas: 4}}
+        serve:
+          slo: {ttft_s: 1.0, tpot_s: 0.05}   # targets at p95
+          autoscaling: {min_replicas: 1, max_replicas: 4}   # policy: slo (default)
 
 `load_config(path)` reads and validates a file and reports every problem at once, one per
 line: ``models.0.engine.block_size: Input should be 8, 16, 32, 64 or 128 (got 7)``. Unknown
@@ -44,6 +46,7 @@ from deployments.config_options import (
     EngineOptions,
     HttpOptions,
     ServeOptions,
+    SloOptions,
     SpeculativeOptions,
     _model_dir,
     _tokenizer_dir,
@@ -72,6 +75,7 @@ __all__ = [
     "ModelConfig",
     "ServeConfig",
     "ServeOptions",
+    "SloOptions",
     "SpeculativeOptions",
     "load_config",
     "parse_config",
@@ -179,7 +183,9 @@ class ModelConfig(BaseModel):
             ),
         }
         if self.serve.autoscaling is not None:
-            options["autoscaling_config"] = self.serve.autoscaling.to_serve()
+            options["autoscaling_config"] = self.serve.autoscaling.to_serve(
+                self.serve.slo, self.engine
+            )
         else:
             options["num_replicas"] = self.serve.num_replicas or 1
         if self.tp_size == 1:

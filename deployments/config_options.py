@@ -28,6 +28,7 @@ from autoscale.router_choice import (
     DEFAULT_ROUTING_STATS_PERIOD_S,
     REQUEST_ROUTERS,
 )
+from autoscale.slo_config import SloPolicyConfig
 from deployments.protocol.errors import describe_validation_errors
 from engine import (
     BLOCK_SIZE_CHOICES,
@@ -283,24 +284,115 @@ class SpeculativeOptions(BaseModel):
         return Path(default_draft_model_path())
 
 
-class AutoscalingOptions(BaseModel):
-    """Replica autoscaling by ongoing requests per replica."""
+AUTOSCALING_POLICIES = ("slo", "ongoing_requests")
+# Seconds between a replica's autoscaling metric reports under the slo policy (Serve's
+# default, 10 s, would leave the policy deciding on stale counters).
+SLO_METRICS_INTERVAL_S = 1.0
+# The slo policy's knobs a user may set here (the rest keep SloPolicyConfig's defaults).
+SLO_POLICY_KNOBS = (
+    "target_utilization",
+    "scale_down_utilization",
+    "demand_window_s",
+    "forecast_window_s",
+    "default_startup_s",
+    "settle_s",
+)
+
+
+def _slo_default(name: str) -> Any:
+    return _default(SloPolicyConfig, name)
+
+
+class SloOptions(BaseModel):
+    """The latency the model's users are promised, at p95: what the slo autoscaling
+    policy sizes replicas for."""
 
     model_config = _CONFIG
 
+    ttft_s: float = Field(
+        _slo_default("ttft_s"), gt=0, description="Time to first token, seconds, at p95."
+    )
+    tpot_s: float = Field(
+        _slo_default("tpot_s"),
+        gt=0,
+        description="Time per output token after the first, seconds, at p95.",
+    )
+
+
+class AutoscalingOptions(BaseModel):
+    """Replica autoscaling: by tokens against the SLO (policy slo, the default) or by
+    ongoing requests per replica (Ray Serve's default policy)."""
+
+    model_config = _CONFIG
+
+    policy: Literal[AUTOSCALING_POLICIES] = Field(
+        "slo",
+        description="slo: replicas from token demand vs capacity at serve.slo, one start-up "
+        "ahead (autoscale/slo_policy.py); ongoing_requests: Ray Serve's default, "
+        "ongoing requests / target_ongoing_requests.",
+    )
     min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 allows scale to zero.")
     max_replicas: int = Field(ge=1, description="Most replicas (>= min_replicas).")
     initial_replicas: int | None = Field(
         None, ge=0, description="Replicas at start, in [min, max]; default min_replicas."
     )
     target_ongoing_requests: float = Field(
-        16.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+        16.0,
+        gt=0,
+        description="Ongoing requests per replica the ongoing_requests policy aims for "
+        "(the slo policy does not use it).",
     )
     upscale_delay_s: float | None = Field(
-        None, ge=0, description="Seconds of high load before adding replicas; Serve's default."
+        None,
+        ge=0,
+        description="Seconds a scale-up must be wanted before it happens; default: 0 for "
+        "slo (its forecast already looks one start-up ahead), Serve's for ongoing_requests.",
     )
     downscale_delay_s: float | None = Field(
-        None, ge=0, description="Seconds of low load before removing replicas; Serve's default."
+        None,
+        ge=0,
+        description="Seconds every signal must agree before each removal (slo; default "
+        f"{_slo_default('downscale_delay_s'):g}), or of low load (ongoing_requests; default "
+        "Serve's).",
+    )
+    target_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="slo: scale up when the forecast load needs more than this share of "
+        f"the replicas' capacity at the SLO, in (0, 1]; default "
+        f"{_slo_default('target_utilization'):g}.",
+    )
+    scale_down_utilization: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="slo: remove a replica only if the recent peak fits the others at this "
+        f"share, below target_utilization; default {_slo_default('scale_down_utilization'):g}.",
+    )
+    demand_window_s: float | None = Field(
+        None,
+        gt=0,
+        description="slo: seconds of demand whose peak must fit after a removal; default "
+        f"{_slo_default('demand_window_s'):g}.",
+    )
+    forecast_window_s: float | None = Field(
+        None,
+        gt=0,
+        description="slo: seconds the demand trend is fitted over; default "
+        f"{_slo_default('forecast_window_s'):g}.",
+    )
+    default_startup_s: float | None = Field(
+        None,
+        gt=0,
+        description="slo: a replica's start-up (load + warm-up) until replicas report "
+        f"their own; default {_slo_default('default_startup_s'):g}.",
+    )
+    settle_s: float | None = Field(
+        None,
+        ge=0,
+        description="slo: seconds SLO, KV and queue breaches are ignored after replicas "
+        f"are added; default {_slo_default('settle_s'):g}.",
     )
 
     @model_validator(mode="after")
@@ -315,11 +407,56 @@ class AutoscalingOptions(BaseModel):
                 f"initial_replicas ({initial}) must be within min_replicas "
                 f"({self.min_replicas}) and max_replicas ({self.max_replicas})"
             )
+        if self.policy == "ongoing_requests":
+            knobs = [name for name in SLO_POLICY_KNOBS if getattr(self, name) is not None]
+            if knobs:
+                raise ValueError(
+                    f"{', '.join(knobs)}: only for policy 'slo' (policy is 'ongoing_requests')"
+                )
+        else:
+            self.slo_policy_config(SloOptions(), EngineOptions())  # the policy's own rules
         return self
 
-    def to_serve(self) -> dict[str, Any]:
-        """Serve's `autoscaling_config` dict (unset options keep Serve's defaults)."""
-        return self.model_dump(exclude_none=True)
+    def slo_policy_config(self, slo: SloOptions, engine: EngineOptions) -> SloPolicyConfig:
+        """The slo policy's config for a model with these SLO targets and engine limits."""
+        knobs = {name: getattr(self, name) for name in SLO_POLICY_KNOBS}
+        if self.downscale_delay_s is not None:
+            knobs["downscale_delay_s"] = self.downscale_delay_s
+        return SloPolicyConfig(
+            min_replicas=self.min_replicas,
+            max_replicas=self.max_replicas,
+            ttft_s=slo.ttft_s,
+            tpot_s=slo.tpot_s,
+            max_num_seqs=engine.max_num_seqs,
+            prefill_chunk_tokens=engine.max_num_batched_tokens,
+            **{name: value for name, value in knobs.items() if value is not None},
+        )
+
+    def to_serve(
+        self, slo: SloOptions | None = None, engine: EngineOptions | None = None
+    ) -> dict[str, Any]:
+        """Serve's `autoscaling_config` dict. ongoing_requests: the options as they are
+        (unset ones keep Serve's defaults). slo: Serve's policy set to
+        SloAutoscalingPolicy with the policy's config as its kwargs, Serve's downscale
+        delay 0 (the policy has its own) and a short metrics interval."""
+        scaling = self.model_dump(
+            exclude_none=True, include={"min_replicas", "max_replicas", "initial_replicas"}
+        )
+        scaling["target_ongoing_requests"] = self.target_ongoing_requests
+        if self.policy == "ongoing_requests":
+            for name in ("upscale_delay_s", "downscale_delay_s"):
+                if getattr(self, name) is not None:
+                    scaling[name] = getattr(self, name)
+            return scaling
+        from autoscale.serve_autoscaling import POLICY_FUNCTION, policy_kwargs
+
+        config = self.slo_policy_config(slo or SloOptions(), engine or EngineOptions())
+        return scaling | {
+            "upscale_delay_s": self.upscale_delay_s or 0.0,
+            "downscale_delay_s": 0.0,
+            "metrics_interval_s": SLO_METRICS_INTERVAL_S,
+            "policy": {"policy_function": POLICY_FUNCTION, "policy_kwargs": policy_kwargs(config)},
+        }
 
 
 class ServeOptions(BaseModel):
@@ -332,6 +469,11 @@ class ServeOptions(BaseModel):
     )
     autoscaling: AutoscalingOptions | None = Field(
         None, description="Autoscale the replica count; excludes num_replicas."
+    )
+    slo: SloOptions = Field(
+        default_factory=SloOptions,
+        description="Latency targets at p95 (ttft_s, tpot_s): what the slo autoscaling "
+        "policy sizes replicas for.",
     )
     max_ongoing_requests: int = Field(64, ge=1, description="Requests in flight per replica.")
     max_queued_requests: int | None = Field(

@@ -30,6 +30,7 @@ from ray.serve.exceptions import RayServeException
 from autoscale.replica_feed import ReplicaFeed
 from autoscale.replica_update import ReplicaUpdate
 from cluster.env import stream_interval_ms
+from deployments.autoscaling_stats import ReplicaAutoscalingStats
 from deployments.config import ModelConfig
 from deployments.engine_config import engine_config_for
 from deployments.generation import (
@@ -70,6 +71,7 @@ class LLMServer:
     def __init__(
         self, model: ModelConfig, device: str, executor_factory: ExecutorFactory | None = None
     ):
+        self._autoscaling = ReplicaAutoscalingStats()  # first: start-up counts from here
         self.model = model
         # What the routers learn of this replica: its steps and prefix-cache block events.
         self._feed = ReplicaFeed(_replica_id_or_local())
@@ -90,6 +92,7 @@ class LLMServer:
         ) / 1e3
         # Serve marks the replica ready once the constructor returns.
         self.engine.warm_up(self._probe_prompt(), SamplingParams(max_tokens=2))
+        self._autoscaling.on_ready()
 
     def _probe_prompt(self) -> list[int]:
         bos = self._info.bos_token_id
@@ -117,7 +120,7 @@ class LLMServer:
             prompt_input = self._prepare_prompt(prompt, messages, truncate)
             params = params or SamplingParams()
             request_id = request_id or f"req-{uuid.uuid4().hex}"
-            stream = self.engine.generate(prompt_input, params, request_id)
+            stream = self._autoscaling.timed(self.engine.generate(prompt_input, params, request_id))
             # aclosing: a consumer that goes away (GeneratorExit at our yield) still closes
             # the engine's stream, which aborts the request.
             chunks = self._chunks(stream)
@@ -282,8 +285,12 @@ class LLMServer:
         return values
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """Serve's custom autoscaling metrics hook (aggregated in AutoscalingContext)."""
-        return self.stats()
+        """Serve's custom autoscaling metrics hook (AutoscalingContext.raw_metrics): the
+        stats, and what the SLO autoscaler reads (deployments/autoscaling_stats.py:
+        token counters and queues, p95 TTFT and TPOT, fitted step times, start-up)."""
+        stats = self.stats()
+        steps = self._feed.recent_steps()
+        return stats | self._autoscaling.collect(self.engine.stats(), steps)
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Serve's routing stats hook (a request router reads it as replica.routing_stats);

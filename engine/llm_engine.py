@@ -369,6 +369,7 @@ class Engine:
             num_warmed_shapes=len(self.warmed),
             warmup_s=self.warmup_s,
             **self.strategy.stats(),
+            num_queued_prompt_tokens=self.scheduler.num_queued_prompt_tokens,
         )
 
     def shutdown(self) -> None:

@@ -63,6 +63,15 @@ class Scheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
+    @property
+    def num_queued_prompt_tokens(self) -> int:
+        """Tokens of accepted sequences not yet computed: the waiting ones' and the rest of
+        those part-way through a chunked prefill."""
+        # list(): one C-level copy, so a step on another thread cannot change it mid-sum.
+        waiting = sum(seq.num_uncomputed_tokens for seq in list(self.waiting))
+        running = list(self.running)
+        return waiting + sum(s.num_uncomputed_tokens for s in running if s.is_prefilling)
+
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 

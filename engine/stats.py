@@ -55,6 +55,7 @@ class EngineStats:
     acceptance_rate: float = _gauge(default=0.0)  # accepted / proposed
     mean_accepted_tokens: float = _gauge(default=0.0)  # accepted per verified sequence-step
     proposer_s: float = _counter(default=0.0)  # time spent proposing (draft or n-gram lookup)
+    num_queued_prompt_tokens: int = _gauge(default=0)  # accepted, not yet prefilled or cached
 
     @property
     def padding_ratio(self) -> float:

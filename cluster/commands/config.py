@@ -204,4 +204,26 @@ def _describe_replicas(model: ModelConfig) -> str:
     if scaling is None:
         return str(model.serve.num_replicas or 1)
     initial = scaling.min_replicas if scaling.initial_replicas is None else scaling.initial_replicas
-    return f"autoscaling {scaling.min_replicas}..{scaling.max_replicas} (initial {initial})"
+    replicas = f"autoscaling {scaling.min_replicas}..{scaling.max_replicas} (initial {initial})"
+    return f"{replicas} policy={_describe_policy(model)}"
+
+
+def _describe_policy(model: ModelConfig) -> str:
+    """The effective autoscaling policy and its knobs, defaults included."""
+    scaling = model.serve.autoscaling
+    if scaling.policy == "ongoing_requests":
+        return f"ongoing_requests(target_ongoing_requests={scaling.target_ongoing_requests:g})"
+    config = scaling.slo_policy_config(model.serve.slo, model.engine)
+    knobs = (
+        "ttft_s",
+        "tpot_s",
+        "target_utilization",
+        "scale_down_utilization",
+        "downscale_delay_s",
+        "demand_window_s",
+        "forecast_window_s",
+        "default_startup_s",
+    )
+    upscale_delay_s = scaling.upscale_delay_s or 0.0
+    values = [f"{name}={getattr(config, name):g}" for name in knobs]
+    return f"slo({', '.join(values)}, upscale_delay_s={upscale_delay_s:g})"

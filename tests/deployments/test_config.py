@@ -431,7 +431,13 @@ def test_serve_options_for_tensor_parallel_replicas(device, resource):
 
 
 def test_serve_options_for_autoscaling():
-    autoscaling = {"min_replicas": 0, "max_replicas": 4, "initial_replicas": 1}
+    # Ray Serve's default policy, selected: its options pass through as they were.
+    autoscaling = {
+        "policy": "ongoing_requests",
+        "min_replicas": 0,
+        "max_replicas": 4,
+        "initial_replicas": 1,
+    }
     model = parse_config(one_model(serve={"autoscaling": autoscaling})).models[0]
     options = model.serve_deployment_options("cpu")
     assert "num_replicas" not in options
@@ -441,6 +447,46 @@ def test_serve_options_for_autoscaling():
         "initial_replicas": 1,
         "target_ongoing_requests": 16.0,
     }
+
+
+def test_slo_is_the_default_policy_and_serve_gets_its_class_and_kwargs():
+    from ray.serve.config import AutoscalingConfig
+
+    from autoscale.serve_autoscaling import POLICY_FUNCTION, SloAutoscalingPolicy
+
+    serve = {
+        "slo": {"ttft_s": 1.5, "tpot_s": 0.05},
+        "autoscaling": {"max_replicas": 3, "downscale_delay_s": 30, "target_utilization": 0.8},
+    }
+    model = parse_config(one_model(engine={"max_num_seqs": 8}, serve=serve)).models[0]
+    scaling = model.serve_deployment_options("cpu")["autoscaling_config"]
+    # Serve's own delay logic stays out of the policy's way; reports come every second.
+    assert scaling["downscale_delay_s"] == 0.0 and scaling["upscale_delay_s"] == 0.0
+    assert scaling["metrics_interval_s"] == 1.0
+    assert scaling["policy"]["policy_function"] == POLICY_FUNCTION
+    with pytest.warns(DeprecationWarning, match="metrics_interval_s"):
+        policy = AutoscalingConfig(**scaling).policy  # Serve accepts it (JSON kwargs)
+    config = SloAutoscalingPolicy(**policy.policy_kwargs).config
+    assert (config.min_replicas, config.max_replicas) == (1, 3)
+    assert (config.ttft_s, config.tpot_s) == (1.5, 0.05)
+    assert (config.downscale_delay_s, config.target_utilization) == (30, 0.8)
+    assert (config.max_num_seqs, config.prefill_chunk_tokens) == (8, 2048)
+
+
+def test_slo_knobs_are_validated_naming_the_field():
+    bad_pair = {"max_replicas": 2, "target_utilization": 0.4, "scale_down_utilization": 0.6}
+    (problem,) = problems_of(one_model(serve={"autoscaling": bad_pair}))
+    assert problem.startswith("models.0.serve.autoscaling: ")
+    assert "scale_down_utilization and target_utilization must satisfy" in problem
+    assert problems_of(one_model(serve={"slo": {"ttft_s": 0}})) == [
+        "models.0.serve.slo.ttft_s: Input should be greater than 0 (got 0)"
+    ]
+    ray_default = {"policy": "ongoing_requests", "max_replicas": 2, "demand_window_s": 60}
+    (problem,) = problems_of(one_model(serve={"autoscaling": ray_default}))
+    assert "demand_window_s: only for policy 'slo'" in problem
+    (problem,) = problems_of(one_model(serve={"autoscaling": {"max_replicas": 2, "policy": "x"}}))
+    assert problem.startswith("models.0.serve.autoscaling.policy: ")
+    assert "'slo'" in problem and "'ongoing_requests'" in problem
 
 
 def test_auto_device_needs_the_resolved_device():
@@ -514,6 +560,9 @@ def test_cli_config_check_summarises_tp_and_autoscaling(capsys):
     out = capsys.readouterr().out
     assert "tp=2 replicas=1" in out
     assert "replicas=autoscaling 1..4 (initial 1)" in out
+    # The effective policy, defaults included (the example sets the SLO and one delay).
+    assert "policy=slo(ttft_s=2, tpot_s=0.1, target_utilization=0.7," in out
+    assert "downscale_delay_s=120," in out and "upscale_delay_s=0)" in out
 
 
 def test_cli_config_check_invalid_file_exits_2_listing_every_problem(tmp_path, capsys):
