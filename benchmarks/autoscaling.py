@@ -66,11 +66,9 @@ import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from unittest import mock
 
 import httpx
 
-from benchmarks import routing
 from benchmarks.routing import Server, Stopped, _pct, server_config
 from benchmarks.routing_workloads import MODEL_NAME, body, poisson_arrivals, send
 from benchmarks.workload import code_prompts
@@ -198,7 +196,8 @@ class AutoscalingServer(Server):
         super().__init__(args, policy)
         self.autoscaling_policy = policy
 
-    def _config(self, args: argparse.Namespace, _policy: str, port: int) -> dict:
+    def config(self, port: int) -> dict:
+        args = self.args
         config = server_config(args, "power_of_two", port)
         serve = config["models"][0]["serve"]
         del serve["num_replicas"]
@@ -206,10 +205,6 @@ class AutoscalingServer(Server):
         serve["slo"] = {"ttft_s": args.ttft_s, "tpot_s": args.tpot_s}
         serve["max_ongoing_requests"] = args.max_ongoing_requests
         return config
-
-    def _start_once(self) -> None:
-        with mock.patch.object(routing, "server_config", self._config):
-            super()._start_once()
 
     def scaling_log(self) -> list[str]:
         """The Serve controller's scaling lines, from the embedded Ray's session logs."""

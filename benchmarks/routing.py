@@ -259,9 +259,13 @@ class Server:
                 self.port = free_port()
                 self.url = f"http://127.0.0.1:{self.port}"
 
+    def config(self, port: int) -> dict:
+        """The serving config this server runs with (a subclass may change it)."""
+        return server_config(self.args, self.policy, port)
+
     def _start_once(self) -> None:
         config = self.args.out / f"server_{self.policy}.yaml"
-        config.write_text(yaml.safe_dump(server_config(self.args, self.policy, self.port)))
+        config.write_text(yaml.safe_dump(self.config(self.port)))
         argv = [sys.executable, "-m", "cluster.commands.cli", "up", "--config", str(config)]
         argv += ["--num-cpus", str(self.args.replicas + 4)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}

@@ -139,7 +139,8 @@ def test_a_full_cache_holder_spills_to_the_other_replica(app):
     complete(app, [*prefix, 1])
     wait_until(lambda: max(mirrored_blocks(app).values(), default=0) >= PREFIX_BLOCKS, 30)
     before = per_replica(metrics(app), "num_prefill_tokens")
-    spilled_before = decisions(app).get("spilled", 0)
+    counts = decisions(app)
+    away_before = counts.get("spilled", 0) + counts.get("least_wait", 0)
     # Six long answers at once: the holder takes what its queue admits
     # (max_ongoing_requests), the rest spill to the other replica.
     with ThreadPoolExecutor(6) as pool:
@@ -148,7 +149,8 @@ def test_a_full_cache_holder_spills_to_the_other_replica(app):
     after = per_replica(metrics(app), "num_prefill_tokens")
     assert all(after[r] > before.get(r, 0) for r in after), (before, after)
     assert len(after) == 2
-    assert decisions(app).get("spilled", 0) + decisions(app).get("least_wait", 0) > spilled_before
+    counts = decisions(app)  # some went away from the holder: refused, or predicted sooner
+    assert counts.get("spilled", 0) + counts.get("least_wait", 0) > away_before
 
 
 def test_a_dead_replica_is_never_chosen_and_its_replacement_starts_empty(app):
