@@ -9,6 +9,11 @@ register here by deployment name; the caller reports through `feedback_for(name)
 - `on_replica_update(update)`: a `ReplicaUpdate` that came with a replica's message.
 With no KV-aware router in the process (another policy, or none yet) both do nothing.
 `router_stats(name)` gives each registered router's `RouterStats` (for /metrics).
+
+Every gaudi-serve request router (any policy) also registers its replica set
+(`register_router`), so a caller can tell whether its routers see any replica of a model
+right now (`num_replicas(name)`: a model scaling from zero has none; None when no router of
+it exists in this process yet).
 """
 
 from __future__ import annotations
@@ -28,7 +33,28 @@ class FeedbackReceiver(Protocol):
     def on_replica_update(self, update: ReplicaUpdate) -> None: ...
 
 
+class ReplicaSet(Protocol):
+    @property
+    def curr_replicas(self) -> dict: ...
+
+
 _RECEIVERS: dict[str, weakref.WeakSet] = {}
+_ROUTERS: dict[str, weakref.WeakSet] = {}
+
+
+def register_router(deployment_name: str, router: ReplicaSet) -> None:
+    """Add a request router of deployment_name, for `num_replicas` (held weakly)."""
+    _ROUTERS.setdefault(deployment_name, weakref.WeakSet()).add(router)
+
+
+def num_replicas(deployment_name: str) -> int | None:
+    """The most replicas any of deployment_name's routers in this process can send to now;
+    None when none is registered (no call through a handle has built one yet)."""
+    routers = _ROUTERS.get(deployment_name)
+    if not routers:
+        return None
+    counts = [len(router.curr_replicas) for router in list(routers)]
+    return max(counts) if counts else None
 
 
 def register(deployment_name: str, receiver: FeedbackReceiver) -> None:

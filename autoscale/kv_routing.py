@@ -28,6 +28,7 @@ from autoscale.routing_policy import (
     ReplicaView,
     RoutingDecision,
     num_cached_tokens,
+    predict_wait_s,
     rank_replicas,
 )
 from autoscale.step_time import StepTimeModel
@@ -131,6 +132,18 @@ class KvAwareRouting:
             for view in views
         }
         return Ranking(decision, [views[i].replica for i in order], prefill, hashes)
+
+    def least_wait_s(self, replicas: Sequence[Hashable]) -> float | None:
+        """The least predicted wait of a new request before its prefill starts, over
+        replicas (routing_policy.predict_wait_s); None when some replica has no step-time
+        data yet (a replica just started: nothing is known to wait there) or none given."""
+        waits = []
+        for replica in replicas:
+            view = self._view(replica, 0)
+            if not view.has_step_data:
+                return None
+            waits.append(predict_wait_s(view, self.max_num_seqs))
+        return min(waits, default=None)
 
     def on_routed(
         self,

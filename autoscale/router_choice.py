@@ -26,7 +26,7 @@ DEFAULT_ROUTING_STATS_PERIOD_S = 2.0
 
 _CLASSES = {
     KV_AWARE: "autoscale.serve_router:KvAwareRequestRouter",
-    POWER_OF_TWO: "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter",
+    POWER_OF_TWO: "autoscale.serve_router:PowerOfTwoRequestRouter",
     PREFIX_AFFINITY: "autoscale.serve_router:PrefixAffinityRequestRouter",
     ROUND_ROBIN: "autoscale.serve_router:RoundRobinRequestRouter",
 }
@@ -37,14 +37,26 @@ def request_router_config(
     block_size: int,
     routing_stats_period_s: float = DEFAULT_ROUTING_STATS_PERIOD_S,
     max_num_seqs: int | None = None,
+    max_queue_wait_s: float | None = None,
+    max_replicas: int | None = None,
 ) -> dict[str, Any]:
     """Serve's `request_router_config` (as a dict) for the router called name; block_size
-    and max_num_seqs are the replicas' engine's."""
+    and max_num_seqs are the replicas' engine's; max_queue_wait_s and max_replicas turn on
+    admission control (kv_aware only: autoscale/admission.py)."""
     if name not in _CLASSES:
         raise ValueError(
             f"request_router must be one of {', '.join(REQUEST_ROUTERS)}, got {name!r}"
         )
-    kwargs = {"block_size": block_size, "max_num_seqs": max_num_seqs} if name == KV_AWARE else {}
+    if max_queue_wait_s is not None and name != KV_AWARE:
+        raise ValueError(
+            f"max_queue_wait_s needs request_router {KV_AWARE!r} (its predicted waits), "
+            f"got request_router {name!r}"
+        )
+    kwargs = {}
+    if name == KV_AWARE:
+        kwargs = {"block_size": block_size, "max_num_seqs": max_num_seqs}
+        if max_queue_wait_s is not None:
+            kwargs |= {"max_queue_wait_s": max_queue_wait_s, "max_replicas": max_replicas}
     return {
         "request_router_class": _CLASSES[name],
         "request_router_kwargs": kwargs,

@@ -61,3 +61,4 @@ class RouterStats:
         default_factory=lambda: BucketHistogram(TTFT_BUCKETS_S)
     )
     cached_blocks: dict[str, int] = field(default_factory=dict)  # replica -> blocks mirrored
+    rejected: int = 0  # requests refused by admission control (autoscale/admission.py)

@@ -106,17 +106,24 @@ def predict_ttft_s(
     view: ReplicaView, num_prompt_tokens: int, block_size: int, max_num_seqs: int | None = None
 ) -> float:
     """Predicted seconds to first token of the prompt on this replica (see module doc)."""
+    cached = num_cached_tokens(view.num_cached_blocks, num_prompt_tokens, block_size)
+    wait = predict_wait_s(view, max_num_seqs)
+    return wait + view.step_time.prefill_s(num_prompt_tokens - cached, num_context_tokens=cached)
+
+
+def predict_wait_s(view: ReplicaView, max_num_seqs: int | None = None) -> float:
+    """Predicted seconds a new request waits on this replica before its own prefill starts:
+    the `wait` of the module doc (the same for every prompt)."""
     if view.step_time is None:
         raise ValueError(f"replica {view.replica!r} has no step-time model to predict with")
     model = view.step_time
-    cached = num_cached_tokens(view.num_cached_blocks, num_prompt_tokens, block_size)
     rows = view.num_decoding if max_num_seqs is None else min(view.num_decoding, max_num_seqs)
     wait = model.decode_step_s(rows) + model.prefill_s(view.num_queued_tokens)
     if max_num_seqs is not None and view.num_requests >= max_num_seqs:
         excess = view.num_requests + 1 - max_num_seqs
         mean_output = view.num_output_tokens / view.num_requests
         wait += excess / max_num_seqs * mean_output * model.decode_step_s(max_num_seqs)
-    return wait + model.prefill_s(num_prompt_tokens - cached, num_context_tokens=cached)
+    return wait
 
 
 def choose_replica(

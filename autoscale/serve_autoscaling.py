@@ -16,7 +16,8 @@ calls it with an AutoscalingContext on every control-loop tick. The call only tr
 Serve wraps a custom policy in its own delay logic (upscale_delay_s, downscale_delay_s):
 the config gives Serve 0 for the downscale delay, as the policy has its own. A decision
 that changes the count is logged (reason, replicas serving/starting, demand vs capacity
-in tokens/s); the last decision's figures stay in the policy state under DECISION_KEY.
+in tokens/s); the last decision's figures stay in the policy state under DECISION_KEY and
+are published for the ingress's /metrics (autoscale/decision_board.py).
 
 Serve reads the metrics as floats: a value the replica does not know (no request in its
 latency window, no step fitted, start-up not measured) is left out of its report, and a
@@ -32,6 +33,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from autoscale.decision_board import DecisionBoard
 from autoscale.slo_config import SloPolicyConfig
 from autoscale.slo_policy import Decision, FleetMetrics, PolicyState, ReplicaMetrics, decide
 from autoscale.step_time import StepTimePrior
@@ -156,6 +158,7 @@ class SloAutoscalingPolicy:
         if isinstance(prior, Mapping):
             kwargs = {**kwargs, "step_time_prior": StepTimePrior(**prior)}
         self.config = SloPolicyConfig(**kwargs)
+        self._board: DecisionBoard | None = None
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         state = ctx.policy_state.get(STATE_KEY) or PolicyState()
@@ -167,11 +170,13 @@ class SloAutoscalingPolicy:
         )
         if num_replicas != ctx.target_num_replicas:
             _log(ctx, num_replicas, decision)
-        policy_state = {
-            **ctx.policy_state,
-            STATE_KEY: decision.state,
-            DECISION_KEY: _summary(num_replicas, decision),
-        }
+        summary = _summary(num_replicas, decision)
+        if num_replicas != decision.num_replicas and summary["limited_by"] is None:
+            summary["limited_by"] = "cluster_capacity"  # Serve's capacity-adjusted bounds
+        policy_state = {**ctx.policy_state, STATE_KEY: decision.state, DECISION_KEY: summary}
+        if self._board is None:
+            self._board = DecisionBoard(ctx.app_name, ctx.deployment_name)
+        self._board.offer(summary)
         return num_replicas, policy_state
 
 
@@ -180,6 +185,7 @@ def _summary(num_replicas: int, decision: Decision) -> dict[str, Any]:
     return {
         "num_replicas": num_replicas,
         "reason": decision.reason,
+        "limited_by": f.limited_by,
         "num_serving": f.num_serving,
         "num_starting": f.num_starting,
         "num_stuck": f.num_stuck,
@@ -194,13 +200,14 @@ def _summary(num_replicas: int, decision: Decision) -> dict[str, Any]:
 def _log(ctx: Any, num_replicas: int, decision: Decision) -> None:
     f = decision.figures
     logger.info(
-        "slo autoscaling %s: %d -> %d replicas (%s); serving %d, starting %d (stuck %d); "
+        "slo autoscaling %s: %d -> %d replicas (%s%s); serving %d, starting %d (stuck %d); "
         "demand %.0f tokens/s (forecast %.0f) vs capacity %.0f tokens/s at the SLO, "
         "utilization %.2f, start-up %.0f s",
         ctx.deployment_name,
         ctx.target_num_replicas,
         num_replicas,
         decision.reason,
+        f", limited by {f.limited_by}" if f.limited_by else "",
         f.num_serving,
         f.num_starting,
         f.num_stuck,

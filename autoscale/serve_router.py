@@ -17,6 +17,11 @@ refuses and the next is tried (counted as `spilled`). While a candidate has no s
 data yet (a replica just started), the choice falls back to power-of-two choices.
 It never blocks the event loop: no Ray calls, no I/O, ~0.1 ms per decision (RESULTS.md).
 
+Admission control (`serve.max_queue_wait_s`, autoscale/admission.py): when the model runs
+its most replicas and every one's predicted wait is over the limit, the request is refused
+here, before it reaches a replica: its pending future gets a `QueueWaitExceeded` (a
+BackPressureError: HTTP 429 with Retry-After at the ingress), counted as `rejected`.
+
 Calls other than `generate`: `step_stream` goes to the replica with the fewest step
 streams this router opened (one per replica is what the ingress wants); the rest
 (`model_info`, `stats`, ...) to the less loaded of two replicas drawn at random.
@@ -30,6 +35,9 @@ caches within one routing-stats period.
 `RoundRobinRequestRouter` (`round_robin`) cycles through the replicas in id order.
 `PrefixAffinityRequestRouter` (`prefix_affinity`) is Ray Serve's `PrefixCacheAffinityRouter`
 given our token-id prompts (each token one character of its prefix tree).
+`PowerOfTwoRequestRouter` (`power_of_two`) is Ray Serve's default router as it is.
+Every one registers its replica set with autoscale/feedback.py (`num_replicas`: the
+ingress's scale-from-zero deadline).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router i
     PrefixCacheAffinityRouter,
 )
 from ray.serve._private.request_router.pow_2_router import PowerOfTwoChoicesRequestRouter
+from ray.serve.exceptions import BackPressureError
 from ray.serve.request_router import (
     PendingRequest,
     ReplicaID,
@@ -55,6 +64,7 @@ from ray.serve.request_router import (
 )
 
 from autoscale import feedback
+from autoscale.admission import admission_retry_after_s
 from autoscale.kv_routing import KvAwareRouting, Ranking
 from autoscale.replica_update import ReplicaUpdate
 from autoscale.router_stats import ERROR, SPILLED, RouterStats
@@ -95,6 +105,27 @@ def _key(replica_id: ReplicaID) -> str:
     return replica_id.unique_id
 
 
+class QueueWaitExceeded(BackPressureError):
+    """Admission control refused a request (autoscale/admission.py): HTTP 429."""
+
+    def __init__(self, least_wait_s: float, max_queue_wait_s: float, retry_after_s: float):
+        super().__init__(0, 0, status_code=429, retry_after_s=retry_after_s)
+        self.args = (least_wait_s, max_queue_wait_s, retry_after_s)  # pickles as itself
+        self._message = (
+            f"every replica's predicted queue wait (at least {least_wait_s:.1f}s) is over "
+            f"serve.max_queue_wait_s ({max_queue_wait_s:g}s) and the model runs the most "
+            "replicas it may"
+        )
+
+
+class RegisteredMixin:
+    """Register the router's replica set with autoscale/feedback.py (num_replicas)."""
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        feedback.register_router(self._deployment_id.name, self)
+        super().initialize_state(**kwargs)
+
+
 class ExactMatchMixin:
     """Give the chosen replica to the very request it was chosen for.
 
@@ -132,10 +163,16 @@ class KvAwareRequestRouter(ExactMatchMixin, RequestRouter):
         block_size: int = 16,
         max_num_seqs: int | None = None,
         seed: int | None = None,
+        max_queue_wait_s: float | None = None,
+        max_replicas: int | None = None,
         **_: Any,
     ) -> None:
-        """Called by Serve with `request_router_kwargs` (autoscale/router_choice.py)."""
+        """Called by Serve with `request_router_kwargs` (autoscale/router_choice.py).
+        max_queue_wait_s, max_replicas: admission control (module doc); None: none."""
+        feedback.register_router(self._deployment_id.name, self)
         self.routing = KvAwareRouting(block_size, random.Random(seed), max_num_seqs)
+        self.max_queue_wait_s = max_queue_wait_s
+        self.max_replicas = max_replicas
         self.stats = RouterStats()
         self._rng = random.Random(seed)
         self._unrouted: OrderedDict[int, tuple[PendingRequest, Ranking]] = OrderedDict()
@@ -162,6 +199,8 @@ class KvAwareRequestRouter(ExactMatchMixin, RequestRouter):
             # (Serve's backoff) rather than spinning on the router's event loop.
             pending_request.routing_context.should_backoff = True
         if method == GENERATE:
+            if self._refuse(pending_request, keys):
+                return [[by_key[k]] for k in keys]  # Serve sees the request done: no send
             try:
                 self._sync_routing_stats(candidate_replicas)
                 order = self._rank_generate(pending_request, keys)
@@ -175,6 +214,24 @@ class KvAwareRequestRouter(ExactMatchMixin, RequestRouter):
         else:
             order = self._least_loaded_of_two(keys)
         return [[by_key[k]] for k in order]
+
+    def _refuse(self, pending: PendingRequest, keys: list[str]) -> bool:
+        """Admission control (module doc): fail the request's future and say so."""
+        if self.max_queue_wait_s is None:
+            return False
+        least_wait_s = self.routing.least_wait_s(keys)
+        retry_after_s = admission_retry_after_s(
+            least_wait_s, len(keys), self.max_replicas, self.max_queue_wait_s
+        )
+        if retry_after_s is None or pending.future.done():
+            return False
+        pending.future.set_exception(
+            QueueWaitExceeded(least_wait_s, self.max_queue_wait_s, retry_after_s)
+        )
+        if self._pending_requests_by_id.get(pending.metadata.internal_request_id) is pending:
+            self._remove_pending_request_from_indices(pending)
+        self.stats.rejected += 1
+        return True
 
     def _rank_generate(self, pending: PendingRequest, keys: list[str]) -> list[str]:
         ids = prompt_token_ids(pending)
@@ -304,6 +361,7 @@ class RoundRobinRequestRouter(ExactMatchMixin, RequestRouter):
     """Each call to the next replica in id order (the next ones after it, if it is full)."""
 
     def initialize_state(self, **_: Any) -> None:
+        feedback.register_router(self._deployment_id.name, self)
         self._next = 0
 
     async def choose_replicas(
@@ -321,7 +379,11 @@ class RoundRobinRequestRouter(ExactMatchMixin, RequestRouter):
         return [[r] for r in ordered[start:] + ordered[:start]]
 
 
-class PrefixAffinityRequestRouter(ExactMatchMixin, PrefixCacheAffinityRouter):
+class PowerOfTwoRequestRouter(RegisteredMixin, PowerOfTwoChoicesRequestRouter):
+    """Ray Serve's default router, unchanged but for its registration (module doc)."""
+
+
+class PrefixAffinityRequestRouter(RegisteredMixin, ExactMatchMixin, PrefixCacheAffinityRouter):
     """Ray Serve's `PrefixCacheAffinityRouter` (a prefix tree of characters, power-of-two
     choices above a queue imbalance) over our generate calls: a token-id prompt becomes
     one character per token, so its tree matches token prefixes. It reads the prompt from

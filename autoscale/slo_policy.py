@@ -39,8 +39,9 @@ decision returned (`PolicyState()` at first). Each call:
    in flight), and no breach within demand_window_s at N-1 serving replicas or fewer.
    The delay restarts after each removal. The gap between the two utilizations, the peaks
    over a window and the breach memory keep steady or periodic load from oscillating.
-5. Clamps to [min_replicas, max_replicas] (reasons min_replicas, max_replicas) and adds at
-   most max_scale_up_step at once.
+5. Clamps to [min_replicas, max_replicas] and adds at most max_scale_up_step at once. The
+   reason stays the signal's; `Figures.limited_by` names the bound that changed the count
+   (min_replicas, max_replicas), so a capped scale-up still says what asked for it.
 
 Worked example (two replicas, each step-time fit 0.1 ms per prompt token and 10 ms + 1 ms
 per decode row: 10k prompt or 800 output tokens/s at a 50 ms TPOT; each prefills 2,000
@@ -106,9 +107,8 @@ REASONS = (
     SCALE_DOWN_PENDING,
     COVERED_BY_STARTING,
     STEADY,
-    MIN_REPLICAS,
-    MAX_REPLICAS,
 )
+LIMITS = (MIN_REPLICAS, MAX_REPLICAS)  # Figures.limited_by
 
 CEIL_TOLERANCE = 1e-9  # a load of 2.0000000001 replicas needs 2
 
@@ -177,6 +177,7 @@ class Figures(NamedTuple):
     num_starting: int  # stuck ones included
     num_stuck: int
     desired: Mapping[str, int]  # per signal of UP_SIGNALS and WORST_CASE
+    limited_by: str | None = None  # one of LIMITS when it changed the count, else None
 
 
 class Decision(NamedTuple):
@@ -272,8 +273,9 @@ def decide(
         reason = COVERED_BY_STARTING if need > num_serving else STEADY
 
     clamped = min(max(num_replicas, config.min_replicas), config.max_replicas)
+    limited_by = None
     if clamped != num_replicas:
-        reason = MIN_REPLICAS if clamped > num_replicas else MAX_REPLICAS
+        limited_by = MIN_REPLICAS if clamped > num_replicas else MAX_REPLICAS
 
     per_replica_tokens_s = mean.tokens_s(demand.prompt_tokens_s, demand.output_tokens_s)
     figures = Figures(
@@ -287,6 +289,7 @@ def decide(
         num_starting=target - num_serving,
         num_stuck=num_stuck,
         desired=desired,
+        limited_by=limited_by,
     )
     new_state = PolicyState(
         counters=counters,

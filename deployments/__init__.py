@@ -13,7 +13,10 @@ Ray Serve nor torch.
 from __future__ import annotations
 
 import importlib
+import time
 from typing import Any
+
+IMPORTED_AT = time.time()  # when a replica's code began to load (autoscaling start-up)
 
 # public name -> module that defines it
 _EXPORTS = {

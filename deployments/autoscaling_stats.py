@@ -10,7 +10,10 @@ the replica: the numbers `slo_policy.ReplicaMetrics` needs, as Serve's flat floa
   the last LATENCY_WINDOW_S (none: left out);
 - its step times: a StepTimeModel fitted to the feed's recent steps, as straight lines
   (`summarize_step_time`);
-- its measured start-up: constructor start to ready (model load and warm-up).
+- its measured start-up: from its worker process's start to ready (imports, model load
+  and warm-up). Ray may give a replica an idle worker process started long before (its
+  worker pool): a process older than this package's import by more than POOLED_GAP_S is
+  one, and the start-up counts from the import (when the replica's code began to load).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from autoscale.slo_capacity import summarize_step_time
 from autoscale.step_time import StepTimeModel
 from engine import EngineStats, RequestDelta
 
+POOLED_GAP_S = 10.0  # a process this much older than the package's import was pooled
 LATENCY_WINDOW_S = 60.0  # requests finished longer ago than this no longer count
 MAX_LATENCY_SAMPLES = 4096  # per kind, within the window
 LATENCY_QUANTILE = 0.95
@@ -58,13 +62,13 @@ class ReplicaAutoscalingStats:
     `timed`, and ask `collect` from `record_autoscaling_stats`."""
 
     def __init__(self) -> None:
-        self._started_s = time.monotonic()
+        self._started_at = replica_started_at()
         self.startup_s: float | None = None
         self.ttft = LatencyWindow()
         self.tpot = LatencyWindow()
 
     def on_ready(self) -> None:
-        self.startup_s = time.monotonic() - self._started_s
+        self.startup_s = time.time() - self._started_at
 
     async def timed(self, stream: AsyncIterator[RequestDelta]) -> AsyncIterator[RequestDelta]:
         """`stream`'s deltas, unchanged, timing the request: TTFT at its first token, TPOT
@@ -100,3 +104,18 @@ class ReplicaAutoscalingStats:
             step_time=summarize_step_time(model),
             startup_s=self.startup_s,
         )
+
+
+def replica_started_at(now: float | None = None) -> float:
+    """When this replica began to start, as a wall-clock time (module doc)."""
+    import psutil
+
+    import deployments
+
+    now = time.time() if now is None else now
+    imported_at = min(deployments.IMPORTED_AT, now)
+    try:
+        created_at = psutil.Process().create_time()
+    except psutil.Error:
+        return imported_at
+    return created_at if imported_at - created_at <= POOLED_GAP_S else imported_at

@@ -180,7 +180,10 @@ class ModelConfig(BaseModel):
                 self.engine.block_size,
                 self.serve.routing_stats_period_s,
                 self.engine.max_num_seqs,
+                self.serve.max_queue_wait_s,
+                self.serve.max_replicas,
             ),
+            "graceful_shutdown_timeout_s": self.serve.drain_timeout_s,
         }
         if self.serve.autoscaling is not None:
             options["autoscaling_config"] = self.serve.autoscaling.to_serve(

@@ -26,6 +26,7 @@ from pydantic import (
 from autoscale.router_choice import (
     DEFAULT_REQUEST_ROUTER,
     DEFAULT_ROUTING_STATS_PERIOD_S,
+    KV_AWARE,
     REQUEST_ROUTERS,
 )
 from autoscale.slo_config import SloPolicyConfig
@@ -285,6 +286,12 @@ class SpeculativeOptions(BaseModel):
 
 
 AUTOSCALING_POLICIES = ("slo", "ongoing_requests")
+# A replica being removed lets its requests finish for this long (Serve's default is 20 s,
+# short for a long answer from a big model).
+DEFAULT_DRAIN_TIMEOUT_S = 60.0
+# A request waits this long for a model with no running replica (Ray measured 126-360 s
+# from zero to first token for Llama-3-70B TP4: issue [autoscale]).
+DEFAULT_COLD_START_TIMEOUT_S = 600.0
 # Seconds between a replica's autoscaling metric reports under the slo policy (Serve's
 # default, 10 s, would leave the policy deciding on stale counters).
 SLO_METRICS_INTERVAL_S = 1.0
@@ -502,6 +509,26 @@ class ServeOptions(BaseModel):
         description="Seconds between Serve's polls of each replica's routing stats (its "
         "prefix-cache snapshot, for routers that have not heard from it lately).",
     )
+    max_queue_wait_s: float | None = Field(
+        None,
+        gt=0,
+        description="Admission control (request_router kv_aware): refuse a request with 429 "
+        "and Retry-After when the model runs its most replicas and every one's predicted "
+        "wait before the request's prefill is over this many seconds. null: never refuse.",
+    )
+    drain_timeout_s: float = Field(
+        DEFAULT_DRAIN_TIMEOUT_S,
+        gt=0,
+        description="Seconds a replica being removed (scale-down, redeploy, shutdown) takes "
+        "no new requests and lets its in-flight ones finish before it is stopped "
+        "(Serve's graceful_shutdown_timeout_s).",
+    )
+    cold_start_timeout_s: float = Field(
+        DEFAULT_COLD_START_TIMEOUT_S,
+        gt=0,
+        description="Seconds a request waits while the model has no running replica "
+        "(scaling from zero, or every replica restarting) before a 503 with Retry-After.",
+    )
 
     @model_validator(mode="after")
     def _one_replica_policy(self) -> ServeOptions:
@@ -509,7 +536,19 @@ class ServeOptions(BaseModel):
             raise ValueError(
                 f"set either num_replicas ({self.num_replicas}) or autoscaling, not both"
             )
+        if self.max_queue_wait_s is not None and self.request_router != KV_AWARE:
+            raise ValueError(
+                f"max_queue_wait_s needs request_router {KV_AWARE!r} (its predicted waits), "
+                f"got request_router {self.request_router!r}"
+            )
         return self
+
+    @property
+    def max_replicas(self) -> int:
+        """The most replicas the model may run: autoscaling's max, or the fixed count."""
+        if self.autoscaling is not None:
+            return self.autoscaling.max_replicas
+        return self.num_replicas or 1
 
 
 def _model_dir(value: Path | None, info: ValidationInfo) -> Path | None:

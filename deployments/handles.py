@@ -9,7 +9,9 @@ chunk, a request's replica may move the rest onto one of the model's step stream
 carry one message per engine step for all the ingress's requests there
 (deployments.step_streams, deployments.step_fanout). Prompts go out as token ids
 (`ModelTable.prompt_kwargs`, deployments.prompt_ids), and each request's first chunk is
-reported to the process's KV-aware routers of its model (autoscale.feedback).
+reported to the process's KV-aware routers of its model (autoscale.feedback). While a
+model has no running replica, the first chunk is awaited for at most its cold-start
+timeout (deployments.cold_start).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from autoscale.feedback import feedback_for
+from deployments.cold_start import until_replica
 from deployments.generation import (
     EngineUnavailableError,
     GenerationChunk,
@@ -59,10 +62,13 @@ class ModelTable:
         handles: dict[str, DeploymentHandle],
         default_model: str | None = None,
         step_stream_models: Iterable[str] | None = None,
+        cold_start_timeout_s: dict[str, float] | None = None,
     ):
+        """cold_start_timeout_s: model -> its serve.cold_start_timeout_s (absent: no bound)."""
         if not handles:
             raise ValueError("at least one model deployment is required")
         self.handles = handles
+        self.cold_start_timeout_s = cold_start_timeout_s or {}
         self.default_model = default_model or next(iter(handles))
         self._infos: dict[str, ModelInfo] = {}
         self.prompt_ids = PromptIds()
@@ -77,7 +83,9 @@ class ModelTable:
         """One engine request of `model` (generate_kwargs include its request_id), whose
         chunks may travel on the model's step streams."""
         fanout = self.fanouts.get(model)
-        return SampleStream(self.handles[model], index, on_done, fanout, **generate_kwargs)
+        stream = SampleStream(self.handles[model], index, on_done, fanout, **generate_kwargs)
+        stream.cold_start_timeout_s = self.cold_start_timeout_s.get(model)
+        return stream
 
     @property
     def names(self) -> list[str]:
@@ -99,8 +107,16 @@ class ModelTable:
     async def info(self, model: str) -> ModelInfo:
         """The model's ModelInfo, asked of a replica once and then cached."""
         if model not in self._infos:
+            handle = self.handles[model]
+            response = handle.model_info.remote()
+            timeout_s = self.cold_start_timeout_s.get(model)
             try:
-                self._infos[model] = await self.handles[model].model_info.remote()
+                self._infos[model] = await until_replica(
+                    response, handle.deployment_name, timeout_s
+                )
+            except ApiError:
+                response.cancel()
+                raise
             except Exception as exc:
                 raise to_api_error(exc) from None
         return self._infos[model]
@@ -150,6 +166,8 @@ class SampleStream:
         self._is_finished = False
         self._is_own_reported = False  # told the fan-out it streams on its own stream
         self._start_s = time.monotonic()
+        # the longest the first chunk is awaited while no replica runs (None: no bound)
+        self.cold_start_timeout_s: float | None = None
 
     async def open(self) -> None:
         """Send the request and wait for its first chunk (raises ApiError)."""
@@ -159,7 +177,8 @@ class SampleStream:
             kwargs = {**kwargs, "session": self.fanout.session}
         sent_s = time.monotonic()
         self._gen = self.handle.options(**STREAM_OPTIONS).generate.remote(**kwargs)
-        self._first = await self._next()
+        name = self.handle.deployment_name
+        self._first = await until_replica(self._next(), name, self.cold_start_timeout_s)
         self._first_s = time.monotonic()
         request_id = kwargs.get("request_id")
         if request_id is not None:  # the routers count it as decoding from now on

@@ -29,6 +29,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from autoscale.decision_board import read_decisions
 from autoscale.feedback import router_stats
 from deployments import openai_api, tgi_api
 from deployments.generation import GenerationChunk
@@ -53,6 +54,8 @@ app = FastAPI(title="gaudi-serve", description="OpenAI- and TGI-compatible LLM s
 
 # A model that takes fewer requests at once streams each on its own (deployments.step_fanout).
 MIN_ONGOING_FOR_STEP_STREAMS = 16
+
+DECISIONS_DEADLINE_S = 0.5  # the longest /metrics waits for the autoscaler's decisions
 
 # Handler of one API route: (models, resolved model name, parsed request, per-sample hook).
 RouteHandler = Callable[[ModelTable, str, Any, OnSampleDone], Awaitable[Response]]
@@ -101,16 +104,21 @@ def _error_response(error: ApiError, is_tgi: bool) -> Response:
 @serve.ingress(app)
 class Ingress:
     """Routes each request to its model's deployment. `servers` maps model names to their
-    LLMServer handles; `default_model` serves TGI requests (default: the first)."""
+    LLMServer handles; `default_model` serves TGI requests (default: the first);
+    `cold_start_timeout_s` bounds, per model, a request's wait while it has no replica."""
 
     def __init__(
         self,
         servers: dict[str, DeploymentHandle],
         default_model: str | None = None,
         max_ongoing_requests: dict[str, int] | None = None,
+        cold_start_timeout_s: dict[str, float] | None = None,
     ):
         self.models = ModelTable(
-            servers, default_model, _step_stream_models(servers, max_ongoing_requests)
+            servers,
+            default_model,
+            _step_stream_models(servers, max_ongoing_requests),
+            cold_start_timeout_s,
         )
         self.metrics = ServeMetrics()
         self.replicas = ReplicaMonitor(self.models.names)
@@ -201,7 +209,23 @@ class Ingress:
             name: router_stats(handle.deployment_name)
             for name, handle in self.models.handles.items()
         }
-        return Response(self.metrics.render(stats, routers), media_type=CONTENT_TYPE)
+        decisions = await self._autoscaling_decisions()
+        return Response(self.metrics.render(stats, routers, decisions), media_type=CONTENT_TYPE)
+
+    async def _autoscaling_decisions(self) -> dict[str, dict]:
+        """model -> the SLO autoscaler's last decision (autoscale/decision_board.py), read
+        off the event loop within DECISIONS_DEADLINE_S (late or failed: none)."""
+        by_deployment = {h.deployment_name: m for m, h in self.models.handles.items()}
+        app_name = serve.get_replica_context().app_name
+        try:
+            found = await asyncio.wait_for(
+                asyncio.to_thread(read_decisions, app_name, list(by_deployment)),
+                DECISIONS_DEADLINE_S,
+            )
+        except Exception as exc:  # metrics go out without them
+            logger.warning("autoscaling decisions unavailable for /metrics: %r", exc)
+            return {}
+        return {by_deployment[name]: decision for name, decision in found.items()}
 
     async def _replica_snapshots(self) -> list[ReplicaSnapshot]:
         """Every replica of the served models, waiting on none that cannot answer now."""

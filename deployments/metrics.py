@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
@@ -47,6 +48,8 @@ _TPOT_BUCKETS_S = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5
 EngineStatsByReplica = Mapping[tuple[str, str], Mapping[str, float]]
 # model -> the stats of its KV-aware routers in this process (autoscale/feedback.py)
 RouterStatsByModel = Mapping[str, Sequence[RouterStats]]
+# model -> the SLO autoscaler's last published decision (autoscale/decision_board.py)
+DecisionsByModel = Mapping[str, Mapping[str, Any]]
 
 
 class ServeMetrics:
@@ -116,14 +119,19 @@ class ServeMetrics:
         self.generation_tokens.labels(model).inc(num_generated_tokens)
 
     def render(
-        self, engine_stats: EngineStatsByReplica, router_stats: RouterStatsByModel | None = None
+        self,
+        engine_stats: EngineStatsByReplica,
+        router_stats: RouterStatsByModel | None = None,
+        decisions: DecisionsByModel | None = None,
     ) -> bytes:
-        """The Prometheus text exposition: these metrics, the replicas' engine stats, then
-        the routers' (decisions by reason, decision latency, predicted vs observed TTFT,
-        prefix-cache blocks mirrored per replica)."""
+        """The Prometheus text exposition: these metrics, the replicas' engine stats, the
+        routers' (decisions by reason, requests refused by admission control, decision
+        latency, predicted vs observed TTFT, prefix-cache blocks mirrored per replica),
+        then the SLO autoscaler's last decision per model."""
         engine = CollectorRegistry()
         engine.register(_EngineStatsCollector(engine_stats))
         engine.register(_RouterStatsCollector(router_stats or {}))
+        engine.register(_DecisionCollector(decisions or {}))
         return generate_latest(self.registry) + generate_latest(engine)
 
 
@@ -174,6 +182,11 @@ class _RouterStatsCollector:
             "a replica has no step times yet), spilled (the best replica was full).",
             labels=["model", "reason"],
         )
+        rejected = CounterMetricFamily(
+            f"{PREFIX}_admission_rejected",
+            "Requests refused by admission control (serve.max_queue_wait_s) with a 429.",
+            labels=["model"],
+        )
         blocks = GaugeMetricFamily(
             f"{PREFIX}_router_cached_blocks",
             "Prefix-cache blocks the router mirrors for each replica.",
@@ -203,6 +216,7 @@ class _RouterStatsCollector:
             reasons = sorted({reason for r in routers for reason in r.decisions})
             for reason in reasons:
                 decisions.add_metric([model, reason], sum(r.decisions[reason] for r in routers))
+            rejected.add_metric([model], sum(r.rejected for r in routers))
             for router in routers:
                 for replica, num in sorted(router.cached_blocks.items()):
                     blocks.add_metric([model, replica], num)
@@ -211,8 +225,58 @@ class _RouterStatsCollector:
                 buckets = [(_bound(b), n) for b, n in merged.cumulative()]
                 family.add_metric([model], buckets, merged.total)
         yield decisions
+        yield rejected
         yield blocks
         yield from families.values()
+
+
+# decision field -> (metric suffix, help); each a gauge labelled by model
+_DECISION_GAUGES = {
+    "num_replicas": ("desired_replicas", "Replicas the SLO autoscaler wants (its last decision)."),
+    "num_serving": ("serving_replicas", "Replicas serving, as the autoscaler counted them."),
+    "num_starting": ("starting_replicas", "Replicas starting (stuck ones included)."),
+    "num_stuck": ("stuck_replicas", "Replicas starting for over stuck_startup_factor x start-up."),
+    "demand_tokens_s": ("demand_tokens_per_second", "Prompt + output tokens/s asked now."),
+    "forecast_tokens_s": (
+        "forecast_tokens_per_second",
+        "Demand forecast one start-up time ahead (tokens/s).",
+    ),
+    "capacity_tokens_s": (
+        "capacity_tokens_per_second",
+        "What the counted replicas serve at the SLO (tokens/s).",
+    ),
+    "utilization": ("utilization", "Load now / replicas counted (1: all busy at the SLO)."),
+    "startup_s": ("startup_seconds", "A replica's start-up time the autoscaler assumes."),
+    "published_at": ("decision_timestamp_seconds", "When the decision was published (Unix)."),
+}
+
+
+class _DecisionCollector:
+    """A one-shot collector over the SLO autoscaler's last decision per model."""
+
+    def __init__(self, decisions: DecisionsByModel):
+        self.decisions = decisions
+
+    def collect(self) -> Iterable[Metric]:
+        gauges = {
+            key: GaugeMetricFamily(f"{PREFIX}_autoscaler_{suffix}", doc, labels=["model"])
+            for key, (suffix, doc) in _DECISION_GAUGES.items()
+        }
+        info = GaugeMetricFamily(
+            f"{PREFIX}_autoscaler_decision",
+            "The last decision's reason (the signal) and the bound that limited its count "
+            "(none, min_replicas, max_replicas, cluster_capacity); always 1.",
+            labels=["model", "reason", "limited_by"],
+        )
+        for model, decision in sorted(self.decisions.items()):
+            for key, family in gauges.items():
+                value = decision.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    family.add_metric([model], float(value))
+            limited = decision.get("limited_by") or "none"
+            info.add_metric([model, str(decision.get("reason")), str(limited)], 1.0)
+        yield from gauges.values()
+        yield info
 
 
 def _merged(histograms: Sequence[BucketHistogram]) -> BucketHistogram:

@@ -192,6 +192,9 @@ def _describe_model(model: ModelConfig) -> str:
         f"tp={model.tp_size}",
         f"replicas={_describe_replicas(model)}",
         f"max_num_seqs={model.engine.max_num_seqs}",
+        f"admission={_describe_admission(model)}",
+        f"drain_timeout_s={model.serve.drain_timeout_s:g}",
+        f"cold_start_timeout_s={model.serve.cold_start_timeout_s:g}",
     ]
     if model.speculative is not None:
         spec = model.speculative
@@ -206,6 +209,13 @@ def _describe_replicas(model: ModelConfig) -> str:
     initial = scaling.min_replicas if scaling.initial_replicas is None else scaling.initial_replicas
     replicas = f"autoscaling {scaling.min_replicas}..{scaling.max_replicas} (initial {initial})"
     return f"{replicas} policy={_describe_policy(model)}"
+
+
+def _describe_admission(model: ModelConfig) -> str:
+    limit = model.serve.max_queue_wait_s
+    if limit is None:
+        return "off"
+    return f"max_queue_wait_s={limit:g} at {model.serve.max_replicas} replica(s)"
 
 
 def _describe_policy(model: ModelConfig) -> str:

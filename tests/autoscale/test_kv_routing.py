@@ -192,3 +192,23 @@ def test_replicas_that_measured_a_few_percent_apart_share_the_load():
         chosen.append(router.choose(f"r{i}", prompt(10 + i, 100, [i]), ["a", "b"]).replica)
         router.on_first_token(f"r{i}")  # decoding: one row each, no queue
     assert sorted(chosen) == ["a", "a", "b", "b"]
+
+
+def test_least_wait_is_the_queue_ahead_on_the_least_loaded_replica():
+    fleet = Fleet(names=("a", "b"))
+    assert fleet.router.least_wait_s(["a", "b"]) is None  # no step data: nothing known
+    fleet.warm_up()
+    assert fleet.router.least_wait_s(["a", "b"]) == 0.0  # idle: no wait at all
+    assert fleet.router.least_wait_s([]) is None
+    fleet.router.inflight.on_routed("a", "q1", 2000)  # 2,000 tokens queued on a
+    model = fleet.router.step_time("a")
+    assert fleet.router.least_wait_s(["a"]) == pytest.approx(model.prefill_s(2000))
+    assert fleet.router.least_wait_s(["a", "b"]) == 0.0  # b is idle
+    fleet.router.inflight.on_routed("b", "q2", 1000)
+    expected = fleet.router.step_time("b").prefill_s(1000)
+    assert fleet.router.least_wait_s(["a", "b"]) == pytest.approx(expected)
+    # the wait is the prompt-independent part of the predicted TTFT
+    decision = fleet.router.rank(prompt(3, 64, [1]), ["b"]).decision
+    own = fleet.router.step_time("b").prefill_s(65)
+    assert decision.predicted_ttft_s == pytest.approx(expected + own)
+    assert fleet.router.on_finished("q1") and fleet.router.on_finished("q2")

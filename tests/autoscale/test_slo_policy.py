@@ -154,14 +154,15 @@ def test_max_replicas_caps_and_says_so():
     trace = Trace(lambda t: 5.0, num_replicas=1, config=config(max_replicas=3))
     steps = trace.run_until(600)
     assert max(s.num_replicas for s in steps) == 3
-    assert steps[-1].reason == MAX_REPLICAS
+    assert steps[-1].reason == CAPACITY  # what asked for more, capped:
+    assert steps[-1].decision.figures.limited_by == MAX_REPLICAS
     assert steps[-1].decision.figures.desired[CAPACITY] == 8  # ceil(5 / 0.7)
 
 
 def test_min_replicas_floor_holds_without_load():
     trace = Trace(lambda t: 0.0, num_replicas=1, config=config(min_replicas=2))
     steps = trace.run_until(1200)
-    assert steps[0].num_replicas == 2 and steps[0].reason == MIN_REPLICAS
+    assert steps[0].num_replicas == 2 and steps[0].decision.figures.limited_by == MIN_REPLICAS
     assert {s.num_replicas for s in steps} == {2}
 
 

@@ -372,7 +372,7 @@ def test_max_queued_requests_uses_none_for_no_limit_and_rejects_zero():
     ("name", "cls"),
     [
         ("kv_aware", "KvAwareRequestRouter"),
-        ("power_of_two", "PowerOfTwoChoicesRequestRouter"),
+        ("power_of_two", "PowerOfTwoRequestRouter"),
         ("prefix_affinity", "PrefixAffinityRequestRouter"),
         ("round_robin", "RoundRobinRequestRouter"),
     ],
@@ -387,6 +387,37 @@ def test_request_router_option_picks_a_serve_router_class(name, cls):
     assert config.get_request_router_class().__name__ == cls
     kwargs = config.request_router_kwargs
     assert kwargs == ({"block_size": 32, "max_num_seqs": 32} if name == "kv_aware" else {})
+
+
+def test_max_queue_wait_turns_on_admission_with_the_models_replica_bound():
+    from ray.serve.config import RequestRouterConfig
+
+    fixed = one_model(serve={"max_queue_wait_s": 5, "num_replicas": 3})
+    options = parse_config(fixed).models[0].serve_deployment_options("cpu")
+    kwargs = RequestRouterConfig(**options["request_router_config"]).request_router_kwargs
+    assert kwargs["max_queue_wait_s"] == 5.0 and kwargs["max_replicas"] == 3
+    scaled = one_model(serve={"max_queue_wait_s": 2, "autoscaling": {"max_replicas": 4}})
+    options = parse_config(scaled).models[0].serve_deployment_options("cpu")
+    assert options["request_router_config"]["request_router_kwargs"]["max_replicas"] == 4
+    (problem,) = problems_of(
+        one_model(serve={"max_queue_wait_s": 5, "request_router": "round_robin"})
+    )
+    assert problem.startswith("models.0.serve: ")
+    assert "max_queue_wait_s needs request_router 'kv_aware'" in problem
+    assert "round_robin" in problem
+    (problem,) = problems_of(one_model(serve={"max_queue_wait_s": 0}))
+    assert problem.startswith("models.0.serve.max_queue_wait_s: ")
+
+
+def test_drain_and_cold_start_timeouts_are_validated_and_passed_on():
+    model = parse_config(
+        one_model(serve={"drain_timeout_s": 300, "cold_start_timeout_s": 900})
+    ).models[0]
+    assert model.serve_deployment_options("cpu")["graceful_shutdown_timeout_s"] == 300.0
+    assert model.serve.cold_start_timeout_s == 900.0
+    for field in ("drain_timeout_s", "cold_start_timeout_s"):
+        (problem,) = problems_of(one_model(serve={field: -1}))
+        assert problem.startswith(f"models.0.serve.{field}: ")
 
 
 def test_request_router_option_names_the_allowed_values():
@@ -413,6 +444,7 @@ def test_serve_options_for_one_card_replicas():
             "request_router_kwargs": {"block_size": 16, "max_num_seqs": 32},
             "request_routing_stats_period_s": 2.0,
         },
+        "graceful_shutdown_timeout_s": 60.0,  # serve.drain_timeout_s
     }
     hpu = parse_config(one_model(device="hpu")).models[0].serve_deployment_options("cuda")
     assert hpu["ray_actor_options"] == {"num_cpus": 1, "resources": {"HPU": 1}}
@@ -563,6 +595,9 @@ def test_cli_config_check_summarises_tp_and_autoscaling(capsys):
     # The effective policy, defaults included (the example sets the SLO and one delay).
     assert "policy=slo(ttft_s=2, tpot_s=0.1, target_utilization=0.7," in out
     assert "downscale_delay_s=120," in out and "upscale_delay_s=0)" in out
+    assert "admission=max_queue_wait_s=10 at 4 replica(s)" in out
+    assert "drain_timeout_s=120 cold_start_timeout_s=600" in out
+    assert "admission=off" in out  # tp2.yaml sets no limit
 
 
 def test_cli_config_check_invalid_file_exits_2_listing_every_problem(tmp_path, capsys):
