@@ -32,7 +32,9 @@ Measured per policy:
   * TTFT p50 / p99 over the answered requests;
   * replica-seconds: the integral of running replicas from the first send to the last
     answer;
-  * failed requests: non-200 answers or broken streams (the goal: none lost);
+  * rejected requests: 429/503 with Retry-After (admission control with
+    `--max-queue-wait-s`, which also switches both policies to the kv_aware router);
+  * failed requests: other non-200 answers or broken streams (the goal: none lost);
   * the Serve controller's scaling log lines (the slo policy's `slo autoscaling ...:
     a -> b replicas (reason) ...`, Serve's own `Upscaling`/`Downscaling`/`Adding`/
     `Removing` lines).
@@ -198,8 +200,11 @@ class AutoscalingServer(Server):
 
     def config(self, port: int) -> dict:
         args = self.args
-        config = server_config(args, "power_of_two", port)
+        router = "kv_aware" if args.max_queue_wait_s is not None else "power_of_two"
+        config = server_config(args, router, port)
         serve = config["models"][0]["serve"]
+        if args.max_queue_wait_s is not None:  # admission control (kv_aware's predictions)
+            serve["max_queue_wait_s"] = args.max_queue_wait_s
         del serve["num_replicas"]
         serve["autoscaling"] = autoscaling_options(args, self.autoscaling_policy)
         serve["slo"] = {"ttft_s": args.ttft_s, "tpot_s": args.tpot_s}
@@ -273,15 +278,20 @@ def replica_seconds(samples: list[dict], start: float, end: float) -> float:
     return total
 
 
+REJECTED = re.compile(r"HTTP (429|503)")  # refused with Retry-After: admission, cold start
+
+
 def summarize(args, sent: list[Sent], samples: list[dict]) -> dict:
     ok = [r for r in sent if r.status == "ok"]
     met = [r for r in ok if r.ttft_s <= args.ttft_s and r.tpot_s <= args.tpot_s]
     ttfts = [r.ttft_s for r in ok]
     end = max((r.end_s for r in ok), default=phases(args)[-1][1])
-    failed = [r for r in sent if r.status != "ok"]
+    rejected = [r for r in sent if REJECTED.search(r.status)]
+    failed = [r for r in sent if r.status != "ok" and r not in rejected]
     return {
         "requests": len(sent),
         "ok": len(ok),
+        "num_rejected": len(rejected),
         "num_failed": len(failed),
         "failures": sorted({r.status for r in failed})[:10],
         "slo_attainment": round(len(met) / len(sent), 4) if sent else math.nan,
@@ -299,22 +309,22 @@ def summarize(args, sent: list[Sent], samples: list[dict]) -> dict:
 
 
 def brief(row: dict) -> dict:
-    keys = ("requests", "num_failed", "slo_attainment", "ttft_p50_s", "ttft_p99_s")
+    keys = ("requests", "num_rejected", "num_failed", "slo_attainment", "ttft_p50_s", "ttft_p99_s")
     return {k: row[k] for k in keys} | {"replica_seconds": row["replica_seconds"]}
 
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| policy | requests | failed | SLO attainment | TTFT p50 s | TTFT p99 s | TPOT p50 s "
-        "| replica-seconds | max replicas | scaling lines |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| policy | requests | rejected | failed | SLO attainment | TTFT p50 s | TTFT p99 s "
+        "| TPOT p50 s | replica-seconds | max replicas | scaling lines |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "failed" in r:
-            lines.append(f"| {r['policy']} | failed: {r['failed'][:120]} |||||||||")
+            lines.append(f"| {r['policy']} | failed: {r['failed'][:120]} ||||||||||")
             continue
         lines.append(
-            f"| {r['policy']} | {r['requests']} | {r['num_failed']} "
+            f"| {r['policy']} | {r['requests']} | {r['num_rejected']} | {r['num_failed']} "
             f"| {100 * r['slo_attainment']:.1f}% | {r['ttft_p50_s']:.3f} | {r['ttft_p99_s']:.3f} "
             f"| {r['tpot_p50_s']:.3f} | {r['replica_seconds']:.0f} | {r['max_running']} "
             f"| {len(r['scaling_log'])} |"
@@ -418,6 +428,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--max-num-seqs", type=int, default=16)
     p.add_argument("--max-ongoing-requests", type=int, default=64)
+    p.add_argument(
+        "--max-queue-wait-s",
+        type=float,
+        default=None,
+        help="admission control for both policies (the kv_aware router; default: off, "
+        "power_of_two)",
+    )
     p.add_argument("--kv-cache-tokens", type=int, default=16384, help="per replica")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start-timeout-s", type=float, default=300.0)
