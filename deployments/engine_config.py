@@ -16,7 +16,6 @@ from engine import (
     BucketConfig,
     BucketRange,
     EngineConfig,
-    load_model_config,
     resolve_max_model_len,
 )
 
@@ -68,6 +67,8 @@ def _bucket_config(options: EngineOptions, model_path: Path) -> BucketConfig | N
         return None
     model_max = None
     if options.max_model_len is None:  # the engine's own default: the model's, capped
+        from engine import load_model_config  # loads transformers: only when needed
+
         model_max = getattr(load_model_config(model_path), "max_position_embeddings", None)
     return BucketConfig.from_limits(
         max_num_seqs=options.max_num_seqs,

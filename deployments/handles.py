@@ -248,8 +248,13 @@ class SampleStream:
 
 
 async def open_all(streams: Sequence[SampleStream]) -> None:
-    """Open every stream concurrently; on any failure close them all and raise the first."""
-    results = await asyncio.gather(*(s.open() for s in streams), return_exceptions=True)
+    """Open every stream concurrently; on any failure close them all and raise the first
+    (cancelled too: a client gone before the first chunk must not leave requests running)."""
+    try:
+        results = await asyncio.gather(*(s.open() for s in streams), return_exceptions=True)
+    except asyncio.CancelledError:
+        close_all(streams)
+        raise
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         close_all(streams)

@@ -55,6 +55,7 @@ app = FastAPI(title="gaudi-serve", description="OpenAI- and TGI-compatible LLM s
 # A model that takes fewer requests at once streams each on its own (deployments.step_fanout).
 MIN_ONGOING_FOR_STEP_STREAMS = 16
 
+CLIENT_CLOSED = 499  # the status counted for a request its client abandoned (nginx's)
 DECISIONS_DEADLINE_S = 0.5  # the longest /metrics waits for the autoscaler's decisions
 
 # Handler of one API route: (models, resolved model name, parsed request, per-sample hook).
@@ -105,7 +106,8 @@ def _error_response(error: ApiError, is_tgi: bool) -> Response:
 class Ingress:
     """Routes each request to its model's deployment. `servers` maps model names to their
     LLMServer handles; `default_model` serves TGI requests (default: the first);
-    `cold_start_timeout_s` bounds, per model, a request's wait while it has no replica."""
+    `cold_start_timeout_s` bounds, per model, a request's wait while it has no replica;
+    `debug_profile` says, per model, whether /debug/profile may profile it."""
 
     def __init__(
         self,
@@ -113,6 +115,7 @@ class Ingress:
         default_model: str | None = None,
         max_ongoing_requests: dict[str, int] | None = None,
         cold_start_timeout_s: dict[str, float] | None = None,
+        debug_profile: dict[str, bool] | None = None,
     ):
         self.models = ModelTable(
             servers,
@@ -124,6 +127,7 @@ class Ingress:
         self.replicas = ReplicaMonitor(self.models.names)
         self._max_ongoing = max_ongoing_requests or {}
         self._num_in_flight = 0
+        self._debug_profile = debug_profile or {}
 
     # -- OpenAI -------------------------------------------------------------------------
     @app.post("/v1/completions")
@@ -144,7 +148,10 @@ class Ingress:
             infos = await asyncio.gather(*(self.models.info(m) for m in self.models.names))
         except ApiError as error:
             return _error_response(error, is_tgi=False)
-        cards = [ModelCard(id=i.name, max_model_len=i.max_model_len) for i in infos]
+        cards = [
+            ModelCard(id=i.name, max_model_len=i.max_model_len, vocab_size=i.vocab_size)
+            for i in infos
+        ]
         return Response(ModelList(data=cards).to_json(), media_type="application/json")
 
     # -- TGI ----------------------------------------------------------------------------
@@ -231,6 +238,14 @@ class Ingress:
         """Every replica of the served models, waiting on none that cannot answer now."""
         return await self.replicas.snapshot(serve.get_replica_context().app_name)
 
+    @app.api_route("/debug/profile", methods=["GET", "POST"])
+    async def debug_profile(self, request: Request) -> Response:
+        """Profile the next engine steps of one replica of ?model=NAME on every TP rank
+        (deployments.debug_profile); 404 unless the model's serve.debug_profile is on."""
+        from deployments.debug_profile import handle_profile_request
+
+        return await handle_profile_request(request, self.models, self._debug_profile)
+
     def num_in_flight(self) -> int:
         """Generation requests being served (for draining on shutdown)."""
         return self._num_in_flight
@@ -256,7 +271,11 @@ class Ingress:
                 wanted = self.models.default_model
             model = self.models.resolve(wanted)
             self._on_start(model)
-            response = await handler(self.models, model, parsed, self._on_sample_done(model))
+            try:
+                response = await handler(self.models, model, parsed, self._on_sample_done(model))
+            except asyncio.CancelledError:  # the client went away before the answer began
+                self._on_end(model, route, CLIENT_CLOSED)
+                raise
         except ValidationError as exc:
             response = _error_response(api_error_from_validation(exc, schema), is_tgi)
         except ApiError as error:

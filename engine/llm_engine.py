@@ -16,7 +16,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from engine.block_manager import BlockManager
 from engine.config import EngineConfig, resolve_max_model_len
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import BucketMissError, EmptyPromptError, PromptTooLongError
@@ -34,9 +33,9 @@ from engine.output_processor import (
 from engine.outputs import RequestDelta, RequestOutput, TokenLogprob
 from engine.prompt_encoder import PromptEncoder
 from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerOutput, StepKind
+from engine.scheduler import SchedulerOutput, StepKind, build_scheduler, step_shaper
 from engine.sequence import Sequence
-from engine.shapes import StepShape, StepShaper, check_covers
+from engine.shapes import StepShape, StepShaper
 from engine.stats import EngineStats
 from engine.step_record import StepObserver, StepRecord
 from engine.strategy import DecodeStrategy
@@ -62,8 +61,7 @@ class Engine:
         if not config.skip_tokenizer_init:
             self.tokenizer = load_tokenizer(resolve_model_path(config.tokenizer or self.model_path))
         self.config = config = config.replace(max_model_len=self._resolve_max_model_len(config))
-        self.shaper = StepShaper(config.bucket_config(), config.block_size)
-        check_covers(self.shaper, config.max_model_len)
+        self.shaper = step_shaper(config)
         make_executor = executor_factory or default_executor_factory(config)
         self.executor = make_executor(config, self.model_path)
         self.warmed: set[StepShape] = set()
@@ -77,10 +75,8 @@ class Engine:
             # NOTE: a TP executor holds rank actors and /dev/shm buffers: release them now.
             self.executor.shutdown()
             raise
-        self.block_manager = BlockManager(
-            num_blocks, config.block_size, config.enable_prefix_caching
-        )
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, self.shaper)
+        self.scheduler = build_scheduler(config, self.shaper, num_blocks)
+        self.block_manager = self.scheduler.block_manager
         self.stop_rule = StopRule(self._eos_token_ids(), config.max_model_len)
         self.requests: dict[str, RequestState] = {}
         self._rng = random.Random(config.seed)

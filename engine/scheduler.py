@@ -17,10 +17,14 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.block_manager import BlockManager
 from engine.sequence import Sequence, SequenceStatus
-from engine.shapes import StepShaper
+from engine.shapes import StepShaper, check_covers
+
+if TYPE_CHECKING:
+    from engine.config import EngineConfig
 
 
 class StepKind(enum.Enum):
@@ -152,3 +156,17 @@ class Scheduler:
         seq.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
+
+
+def step_shaper(config: EngineConfig) -> StepShaper:
+    """The StepShaper of an engine of `config`, checked to cover its max_model_len."""
+    shaper = StepShaper(config.bucket_config(), config.block_size)
+    check_covers(shaper, config.max_model_len)
+    return shaper
+
+
+def build_scheduler(config: EngineConfig, shaper: StepShaper, num_blocks: int) -> Scheduler:
+    """The scheduler, over a block manager of num_blocks KV blocks, that an engine of
+    `config` runs (the engine and the fleet simulator build theirs here)."""
+    block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+    return Scheduler(block_manager, config.max_num_seqs, shaper)

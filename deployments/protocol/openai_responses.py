@@ -168,6 +168,7 @@ class ModelCard(ResponseModel):
     created: int = Field(default_factory=_now_s)
     owned_by: str = "gaudi-serve"
     max_model_len: int | None = None  # extension (vLLM): the context length
+    vocab_size: int | None = None  # extension: token ids a prompt may hold (0..vocab_size-1)
 
 
 class ModelList(ResponseModel):

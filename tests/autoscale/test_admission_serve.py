@@ -6,7 +6,8 @@ One app, three tiny models on CPU:
 - cold: min_replicas 0, starting at zero: a request is held until the first replica is
   warm and answered;
 - never: min_replicas 0 and a cold-start timeout shorter than any start-up: 503 with
-  Retry-After.
+  Retry-After (and a client that gives up while held is counted out of the in-flight
+  gauge).
 /metrics counts the refusals and shows the SLO autoscaler's last decision."""
 
 from __future__ import annotations
@@ -69,7 +70,13 @@ def test_admission_scale_from_zero_and_autoscaler_metrics(tiny_model_dir, monkey
                 assert response.json()["usage"]["completion_tokens"] == BODY["max_tokens"]
         num_refused = statuses.count(429)
 
-        # -- scale from zero: refused after its timeout, then held and answered ----------
+        # -- scale from zero: a client gone while held is counted out; refused after the
+        # timeout; then held and answered -------------------------------------------------
+        try:
+            _complete(base_url, "never", timeout_s=0.2)
+            raise AssertionError("expected the client to time out while the request is held")
+        except httpx.TimeoutException:
+            pass
         refused = _complete(base_url, "never")
         assert refused.status_code == 503, refused.text
         assert int(refused.headers["Retry-After"]) >= 1
@@ -87,6 +94,10 @@ def test_admission_scale_from_zero_and_autoscaler_metrics(tiny_model_dir, monkey
         metrics = wait_until(scraped, timeout_s=120, interval_s=1.0)
         rejected = ("gaudi_serve_admission_rejected_total", frozenset({("model", "busy")}))
         assert metrics[rejected] == num_refused
+        never = frozenset({("model", "never")})
+        assert metrics[("gaudi_serve_requests_in_flight", never)] == 0  # the abandoned one too
+        abandoned = frozenset({("model", "never"), ("route", "/v1/completions"), ("status", "499")})
+        assert metrics[("gaudi_serve_requests_total", abandoned)] == 1
         cold = frozenset({("model", "cold")})
         assert metrics[("gaudi_serve_autoscaler_desired_replicas", cold)] >= 1
         reasons = [
