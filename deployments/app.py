@@ -56,8 +56,9 @@ def build_app(
     # default of 5 in flight would queue requests in the proxy), plus /metrics and /health.
     ingress_limit = sum(max_ongoing.values()) + INGRESS_EXTRA_REQUESTS
     cold_start = {m.name: m.serve.cold_start_timeout_s for m in config.models}
+    debug_profile = {m.name: m.serve.debug_profile for m in config.models}
     return Ingress.options(max_ongoing_requests=ingress_limit).bind(
-        servers, config.models[0].name, max_ongoing, cold_start
+        servers, config.models[0].name, max_ongoing, cold_start, debug_profile=debug_profile
     )
 
 

@@ -529,6 +529,13 @@ class ServeOptions(BaseModel):
         description="Seconds a request waits while the model has no running replica "
         "(scaling from zero, or every replica restarting) before a 503 with Retry-After.",
     )
+    debug_profile: bool = Field(
+        False,
+        description="Serve GET|POST /debug/profile?model=NAME&steps=N for this model: a "
+        "replica profiles its next N engine steps on every TP rank with torch.profiler while "
+        "it keeps serving (slower while the capture runs) and answers with each rank's trace "
+        'path and report (README "Profiling"). false: the route answers 404.',
+    )
 
     @model_validator(mode="after")
     def _one_replica_policy(self) -> ServeOptions:

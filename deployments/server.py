@@ -262,6 +262,25 @@ class LLMServer:
             tokenizer_path=str(self.model.tokenizer or info.model_path),
         )
 
+    async def profile(
+        self, num_steps: int, timeout_s: float = 60.0, modules: bool = True
+    ) -> dict[str, Any]:
+        """Profile this replica's next `num_steps` engine steps on every TP rank while it
+        keeps serving, waiting for them at most `timeout_s` (the engine steps only while
+        it has requests); the answer of /debug/profile: each rank's trace and report
+        (deployments.debug_profile). Raises ProfilingDisabledError unless the model's
+        serve.debug_profile, ProfileBusyError while a capture runs."""
+        from deployments.debug_profile import profile_replica
+
+        return await profile_replica(
+            self.model,
+            self.engine.engine.executor,
+            num_steps,
+            timeout_s,
+            modules,
+            replica_id=_replica_id_or_local(),
+        )
+
     # -- stats and health ---------------------------------------------------------------
     def stats(self) -> dict[str, float]:
         """Engine stats (every numeric EngineStats field and padding_ratio) plus generated

@@ -16,6 +16,7 @@ from engine.devices import Device, MemoryStats, get_device
 from engine.loader import KVSpec, load_config, load_model, resolve_dtype
 from engine.messages import ModelInput, StepOutput
 from engine.model_runner import ModelRunner
+from engine.profiling.session import RankProfile, RankProfiler
 
 
 class Executor(Protocol):
@@ -40,6 +41,22 @@ class Executor(Protocol):
     @property
     def is_healthy(self) -> bool: ...
 
+    # profiling (engine.profiling.session): what a server or `gaudi-serve profile` calls
+    def start_profile(self, out_dir: str, num_steps: int, modules: bool = True) -> None:
+        """Profile the next `num_steps` steps on every rank (raises ProfileBusyError while
+        a capture runs)."""
+        ...
+
+    @property
+    def num_profiled_steps(self) -> int:
+        """Steps the running capture has profiled so far (0 when none runs)."""
+        ...
+
+    def stop_profile(self) -> list[RankProfile]:
+        """End the capture (early if steps are missing); every rank writes its trace and
+        report into out_dir. One RankProfile per rank, in rank order."""
+        ...
+
 
 class LocalExecutor:
     """One rank, in this process."""
@@ -53,6 +70,7 @@ class LocalExecutor:
         self.runner = ModelRunner(
             self.device.prepare_model(model), self.device, self.kv_spec, block_size
         )
+        self.profiler = RankProfiler()
 
     @property
     def default_kv_memory_fraction(self) -> float:
@@ -72,6 +90,9 @@ class LocalExecutor:
         return getattr(self.device, "graph_kinds", ("prefill", "decode"))
 
     def execute(self, inp: ModelInput) -> StepOutput:
+        return self.profiler.run(inp.shape, lambda: self._execute(inp))
+
+    def _execute(self, inp: ModelInput) -> StepOutput:
         out = self.runner.execute(inp)
         self.device.mark_step()
         return out
@@ -97,6 +118,16 @@ class LocalExecutor:
 
     def shutdown(self) -> None:
         self.runner.kv_caches = []
+
+    def start_profile(self, out_dir: str, num_steps: int, modules: bool = True) -> None:
+        self.profiler.start(out_dir, num_steps, self.device, self.runner, modules)
+
+    @property
+    def num_profiled_steps(self) -> int:
+        return self.profiler.num_captured
+
+    def stop_profile(self) -> list[RankProfile]:
+        return [self.profiler.finish()]
 
 
 ExecutorFactory = Callable[[EngineConfig, Path], Executor]

@@ -14,6 +14,9 @@ Usage (the engine does this when `tp_size > 1`)::
     executor = TPExecutor(Path("/models/llama"), EngineConfig(tp_size=2))
     executor.init_kv_cache(num_blocks)
     out = executor.execute(model_input)  # StepOutput from rank 0
+    executor.start_profile("/tmp/prof", 8)  # every rank profiles its next 8 steps
+    ...
+    ranks = executor.stop_profile()  # trace.rank<r>.json + report.rank<r>.json per rank
     executor.shutdown()
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -46,6 +50,7 @@ from engine.devices import MemoryStats, resolve_device_name
 from engine.errors import EngineDeadError
 from engine.loader import KVSpec, load_config
 from engine.messages import ModelInput, StepOutput
+from engine.profiling.session import ProfileBusyError, RankProfile
 from sharding.dist import GroupAddress, remove_shm_buffers
 from sharding.worker import (
     RankLoadStats,
@@ -63,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 # Ranks are named actors, `gaudi-serve-tp-<group id>-rank<r>`: visible in `ray list actors`.
 WORKER_NAME_PREFIX = "gaudi-serve-tp-"
+# bound on the ranks writing and analysing their traces at the end of a capture
+PROFILE_TIMEOUT_S = 300.0
 _RemoteWorker = ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"watch": 1})(
     TPWorker
 )
@@ -105,6 +112,12 @@ class TPExecutor:
         self._owns_pg = False
         self._dead_reason: str | None = None
         self._runner_stats: dict[str, int] | None = None
+        # A capture's steps (None: none runs) and how many were sent so far. NOTE: step
+        # and profile calls are sent under _send_lock, so every rank sees them in the
+        # same order and profiles the same steps.
+        self._send_lock = threading.Lock()
+        self._num_profile_steps: int | None = None
+        self._num_profiled_steps = 0
         self._owns_ray = ensure_ray(ray_address)
         # A safety net for owners that never call shutdown (killed ranks leave /dev/shm
         # buffers behind); registered after ray.init, so it runs before Ray's own.
@@ -184,6 +197,11 @@ class TPExecutor:
         to fail raises at once (its peers may be blocked on it forever); a rank that does
         not answer within timeout_s raises TimeoutError."""
         refs = [getattr(w, method).remote(*args) for w in self._workers]
+        return self._wait_all(method, refs, timeout_s)
+
+    def _wait_all(self, method: str, refs: list[ray.ObjectRef], timeout_s: float) -> list:
+        """The results of `method` sent to every rank (`refs`, in rank order); raises as
+        _call_all."""
         rank_of = {ref: rank for rank, ref in enumerate(refs)}
         deadline = time.monotonic() + timeout_s
         pending = list(refs)
@@ -235,7 +253,11 @@ class TPExecutor:
         if self._dead_reason is not None:
             raise EngineDeadError(f"the tensor-parallel group is dead: {self._dead_reason}")
         wire_inp = to_wire(inp)
-        refs = [w.execute.remote(wire_inp) for w in self._workers]
+        with self._send_lock:
+            refs = [w.execute.remote(wire_inp) for w in self._workers]
+            wanted = self._num_profile_steps
+            if wanted is not None and self._num_profiled_steps < wanted:
+                self._num_profiled_steps += 1
         try:
             # NOTE: ray.get raises as soon as any rank's result is an error, without
             # waiting for peers that may be stuck in a collective with the dead rank.
@@ -278,6 +300,41 @@ class TPExecutor:
         self._dead_reason = self._dead_reason or "shut down"
         self._teardown()
         atexit.unregister(self.shutdown)
+
+    # -- profiling (engine.profiling.session) -------------------------------------------
+    def start_profile(self, out_dir: str, num_steps: int, modules: bool = True) -> None:
+        """Every rank profiles its next `num_steps` steps (the same steps on all ranks).
+        Raises ProfileBusyError while a capture runs, ValueError for num_steps < 1."""
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+        with self._send_lock:
+            if self._num_profile_steps is not None:
+                raise ProfileBusyError(
+                    f"tensor-parallel group {self.name} is already profiling "
+                    f"({self._num_profiled_steps} of {self._num_profile_steps} steps)"
+                )
+            self._num_profile_steps, self._num_profiled_steps = num_steps, 0
+            refs = [w.start_profile.remote(out_dir, num_steps, modules) for w in self._workers]
+        try:
+            self._wait_all("start_profile", refs, 60.0)
+        except BaseException:
+            self._num_profile_steps = None
+            raise
+
+    @property
+    def num_profiled_steps(self) -> int:
+        """Steps sent to the ranks since start_profile, up to the steps asked for."""
+        return self._num_profiled_steps if self._num_profile_steps is not None else 0
+
+    def stop_profile(self) -> list[RankProfile]:
+        """End the capture on every rank (early if steps are missing); each writes
+        trace.rank<r>.json and report.rank<r>.json. One RankProfile per rank."""
+        with self._send_lock:
+            if self._num_profile_steps is None:
+                raise RuntimeError(f"tensor-parallel group {self.name} is not profiling")
+            self._num_profile_steps = None
+            refs = [w.stop_profile.remote() for w in self._workers]
+        return self._wait_all("stop_profile", refs, PROFILE_TIMEOUT_S)
 
     # -- introspection (tests, benchmarks) ----------------------------------------------
     def rank_stats(self) -> list[RankStats]:

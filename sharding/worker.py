@@ -3,8 +3,9 @@ shard of the model and its KV heads, and runs the engine's ModelRunner on every 
 
 The driver (sharding.executor) creates one per bundle of the group's placement group and
 calls, in order: `placement` -> `setup` -> `init_kv_cache`/`warmup`/`available_kv_bytes`
-(start-up) -> `execute` (every step) -> `shutdown`. A plain class: the executor wraps it
-with ray.remote.
+(start-up) -> `execute` (every step) -> `shutdown`; `start_profile`/`stop_profile` around
+any run of steps (engine.profiling.session). A plain class: the executor wraps it with
+ray.remote.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from engine.devices import MemoryStats, get_device
 from engine.loader import KVSpec, load_config, resolve_dtype
 from engine.messages import ModelInput, StepOutput
 from engine.model_runner import ModelRunner
+from engine.profiling.session import RankProfile, RankProfiler
 from sharding.dist import (
     VISIBLE_DEVICES,
     GroupAddress,
@@ -124,6 +126,7 @@ class TPWorker:
         self.address: GroupAddress | None = None
         self._num_steps = 0
         self._busy_s = 0.0
+        self.profiler = RankProfiler(tp_rank, tp_size)
 
     def placement(self) -> RankPlacement:
         ctx = ray.get_runtime_context()
@@ -188,14 +191,18 @@ class TPWorker:
         runner = self._runner()
         start = time.perf_counter()
         inp = from_wire(wire_inp)
+        result = self.profiler.run(inp.shape, lambda: self._execute(runner, inp))
+        self._busy_s += time.perf_counter() - start
+        self._num_steps += 1
+        return result
+
+    def _execute(self, runner: ModelRunner, inp: ModelInput) -> RankStepResult | None:
         if self.tp_rank == 0:
             result = RankStepResult(runner.execute(inp), self.runner_stats())
         else:
             runner.run_logits(inp)  # the lm_head all-reduce needs every rank
             result = None
         runner.device.mark_step()
-        self._busy_s += time.perf_counter() - start
-        self._num_steps += 1
         return result
 
     def warmup(self, wire_inp: ModelInput, capture: bool) -> None:
@@ -224,6 +231,15 @@ class TPWorker:
 
     def stats(self) -> RankStats:
         return RankStats(self._num_steps, self._busy_s)
+
+    def start_profile(self, out_dir: str, num_steps: int, modules: bool) -> None:
+        """Profile this rank's next `num_steps` executes (engine.profiling.session)."""
+        runner = self._runner()
+        self.profiler.start(out_dir, num_steps, runner.device, runner, modules)
+
+    def stop_profile(self) -> RankProfile:
+        """End the capture; write trace.rank<r>.json and report.rank<r>.json."""
+        return self.profiler.finish()
 
     def shutdown(self) -> list[str]:
         """Free the KV cache, leave the group, delete the group's /dev/shm buffers on this

@@ -1,6 +1,9 @@
 """`gaudi-serve profile`: capture N engine steps of one model under torch.profiler on a
-synthetic workload; write DIR/trace.json (Chrome/Perfetto) and DIR/report.json, and print
-where each step's time went (engine.profiling). Offline and tp_size 1 only, for now.
+synthetic workload and print where each step's time went (engine.profiling). At tp_size 1
+it writes DIR/trace.json (Chrome/Perfetto) and DIR/report.json for the engine's whole
+steps; at tp_size N every rank (a Ray actor, sharding.worker) profiles its part of the
+same steps and writes DIR/trace.rank<r>.json and DIR/report.rank<r>.json. Offline; a
+running server is profiled through /debug/profile (deployments.debug_profile).
 Exit code 0 on success, 2 for bad arguments or a model that cannot be loaded."""
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | hpu (no --config)")
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     parser.add_argument(
+        "--tp-size",
+        type=_positive,
+        default=None,
+        help="tensor-parallel ranks, one trace each (default: the config's, else 1)",
+    )
+    parser.add_argument(
         "--no-modules",
         action="store_true",
         help="skip the per-module ranges (their hooks add host time to eager steps)",
@@ -47,7 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def engine_config(args: argparse.Namespace):
     """The EngineConfig to profile: the config file's model, or a model folder with limits
-    that fit the workload. Raises ValueError (bad arguments, tp_size > 1)."""
+    that fit the workload; --tp-size overrides the tp_size. Raises ValueError."""
+    import dataclasses
+
+    config = _engine_config(args)
+    if args.tp_size is not None:
+        config = dataclasses.replace(config, tp_size=args.tp_size)
+    return config
+
+
+def _engine_config(args: argparse.Namespace):
     from engine import EngineConfig, resolve_device_name
 
     if args.config is None:
@@ -79,39 +97,52 @@ def engine_config(args: argparse.Namespace):
             model = served.model(args.model)
         except KeyError as exc:
             raise ValueError(f"--model: {exc.args[0]}") from None
-    if model.tp_size != 1:
-        raise ValueError(
-            f"model {model.name!r} has tp_size {model.tp_size}: profiling covers tp_size 1 "
-            "only for now (set tp_size: 1 for this model to profile one rank)"
-        )
     return engine_config_for(model, resolve_device_name(model.device))
 
 
 def run(args: argparse.Namespace) -> int:
     from engine import Engine
-    from engine.profiling.report import format_report
-    from engine.profiling.workload import REPORT_FILE, TRACE_FILE, Workload, profile_engine
+    from engine.profiling.workload import Workload, profile_engine, profile_ranks
+    from sharding.factory import create_executor
 
     try:
         config = engine_config(args)
-        engine = Engine(config)
+        engine = Engine(config, executor_factory=create_executor)
     except (ValueError, OSError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     workload = Workload(args.num_prompts, args.prompt_len, args.max_tokens)
+    modules = not args.no_modules
     try:
-        report = profile_engine(engine, args.steps, args.out, workload, modules=not args.no_modules)
+        if config.tp_size == 1:
+            reports = [profile_engine(engine, args.steps, args.out, workload, modules)]
+        else:
+            reports = profile_ranks(engine, args.steps, args.out, workload, modules)
     except ValueError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     finally:
         engine.shutdown()
+    _print(reports, args)
+    return 0
+
+
+def _print(reports: list[dict], args: argparse.Namespace) -> None:
+    from engine.profiling.report import format_report
+    from engine.profiling.session import RANK_REPORT_FILE
+    from engine.profiling.workload import REPORT_FILE
+
     if args.json:
         import json
 
-        print(json.dumps(report, indent=2))
-    else:
+        body = reports[0] if len(reports) == 1 else {"tp_size": len(reports), "ranks": reports}
+        print(json.dumps(body, indent=2))
+        return
+    out = Path(args.out)
+    for report in reports:
+        if len(reports) > 1:
+            print(f"\nTP rank {report['tp_rank']} of {report['tp_size']}:")
         print(format_report(report))
-        out = Path(args.out)
-        print(f"\nwrote {out / TRACE_FILE} (open in ui.perfetto.dev) and {out / REPORT_FILE}")
-    return 0
+    traces = ", ".join(str(out / r["trace"]) for r in reports)
+    report_file = REPORT_FILE if len(reports) == 1 else RANK_REPORT_FILE.format(tp_rank="<r>")
+    print(f"\nwrote {traces} (open in ui.perfetto.dev) and {out / report_file}")

@@ -1,11 +1,13 @@
-"""Where each profiled step's time went, from a trace written by `capture_steps`.
+"""Where each profiled step's time went, from a trace of `capture_steps` or a ProfileSession.
 
 A step's wall time (its "step ..." range on the host) is cut into elementary segments,
 each counted once:
 - a device op runs (several at once: the first of classify.PRIORITY): its category,
   "matmul", "attention", "elementwise" or "communication" (engine.profiling.classify).
   Device ops are the kernels on the device's timeline where the trace has one (CUDA,
-  HPU); on the CPU they are the host thread's top-level torch ops;
+  HPU); on the CPU they are the host thread's torch ops, nested ones included, so a
+  collective inside a wrapper op (DeepSpeed AutoTP's RowParallel runs its all-reduce)
+  counts as communication (nested ops overlap: the PRIORITY rule picks one);
 - no device op runs and the host thread is inside a torch op (launching, waiting on the
   device): "idle";
 - no device op runs and the host thread runs no torch op (scheduling, building inputs,
@@ -77,9 +79,9 @@ class _HostOp:
     category: str
 
 
-def _host_ops(events: list[dict]) -> tuple[list[_HostOp], dict[Any, _HostOp]]:
+def _host_ops(events: list[dict]) -> tuple[list[_HostOp], list[_HostOp], dict[Any, _HostOp]]:
     """Top-level torch ops per host thread, each with the innermost module range around
-    it; and every op (nested ones too) by its external id, for device kernels."""
+    it; every op (nested ones too); and every op by its external id, for device kernels."""
     by_tid: dict[Any, list[dict]] = defaultdict(list)
     for e in events:
         if e.get("cat") == "cpu_op" or (
@@ -87,6 +89,7 @@ def _host_ops(events: list[dict]) -> tuple[list[_HostOp], dict[Any, _HostOp]]:
         ):
             by_tid[(e.get("pid"), e.get("tid"))].append(e)
     top: list[_HostOp] = []
+    every: list[_HostOp] = []
     by_id: dict[Any, _HostOp] = {}
     for thread_events in by_tid.values():
         thread_events.sort(key=lambda e: (e["ts"], -e["dur"]))
@@ -106,13 +109,14 @@ def _host_ops(events: list[dict]) -> tuple[list[_HostOp], dict[Any, _HostOp]]:
                 op = _HostOp(
                     e["name"], e["ts"], e["ts"] + e["dur"], module, classify(e["name"], module)
                 )
+                every.append(op)
                 external = (e.get("args") or {}).get("External id")
                 if external is not None:
                     by_id[external] = op
                 if not any(s["cat"] == "cpu_op" for s in stack):
                     top.append(op)
             stack.append(e)
-    return top, by_id
+    return top, every, by_id
 
 
 class _Intervals:
@@ -165,7 +169,7 @@ def analyze(trace: dict[str, Any]) -> dict[str, Any]:
         for e in events
         if e.get("cat") == "user_annotation" and _parse_step(e["name"]) is not None
     ]
-    top_ops, by_id = _host_ops(events)
+    top_ops, every_op, by_id = _host_ops(events)
     device_events = [e for e in events if _is_device(e)]
     if device_events:
         busy = []
@@ -174,7 +178,7 @@ def analyze(trace: dict[str, Any]) -> dict[str, Any]:
             name = f"{e['name']} {op.name}" if op else e["name"]
             busy.append((e["ts"], e["ts"] + e["dur"], classify(name, op.module if op else None)))
     else:
-        busy = [(op.start, op.end, op.category) for op in top_ops]
+        busy = [(op.start, op.end, op.category) for op in every_op]
     busy_index = _Intervals(busy)
     host_index = _Intervals([(op.start, op.end, "") for op in top_ops])
     steps = []

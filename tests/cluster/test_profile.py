@@ -67,11 +67,28 @@ def test_profile_model_folder_prints_json(tmp_path, capsys):
     assert report["num_steps"] == 3 and (out / "trace.json").is_file()
 
 
-def test_profile_refuses_tensor_parallel(tmp_path, capsys):
-    config = write_config(tmp_path, tp_size=2)
-    assert main(["profile", "--config", str(config), "--out", str(tmp_path / "p")]) == 2
-    err = capsys.readouterr().err
-    assert "tp_size 2" in err and "tp_size 1 only" in err
+def test_profile_tensor_parallel_writes_a_trace_and_report_per_rank(tmp_path, capsys):
+    # tp_size 2 on the CPU: two Ray rank actors (DeepSpeed AutoTP over gloo), each
+    # profiling the same steps; the row-parallel all-reduces are communication
+    out = tmp_path / "prof"
+    args = ["profile", "--config", str(write_config(tmp_path)), "--tp-size", "2"]
+    assert main([*args, "--steps", "5", "--out", str(out), "--max-tokens", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "TP rank 0 of 2" in printed and "TP rank 1 of 2" in printed
+    for rank in (0, 1):
+        trace = json.loads((out / f"trace.rank{rank}.json").read_text())
+        events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+        assert events and all(isinstance(e["name"], str) and e["dur"] >= 0 for e in events)
+        assert sum(e["name"].startswith("step ") for e in events) == 5
+        report = json.loads((out / f"report.rank{rank}.json").read_text())
+        assert (report["tp_rank"], report["tp_size"], report["num_steps"]) == (rank, 2, 5)
+        assert report["workload"]["max_tokens"] == 4 and {"prefill", "decode"} <= set(
+            report["by_kind"]
+        )
+        for step in report["steps"]:
+            assert sum(step["shares_ms"].values()) == pytest.approx(step["wall_ms"], rel=0.05)
+            assert step["shares_ms"]["communication"] > 0
+    assert not (out / "trace.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ def test_build_app_binds_one_deployment_per_model(tiny_model_dir):
     application = build_app(config, device="cpu")
     assert isinstance(application, Application)
     ingress = application._bound_deployment  # the graph's root: the Ingress
-    servers, default_model, _ = ingress.init_args
+    servers, default_model, *_ = ingress.init_args
     assert default_model == "a"
     assert {name: bound._bound_deployment.name for name, bound in servers.items()} == {
         "a": "a",

@@ -85,6 +85,31 @@ def test_cpu_ops_nested_and_overlapping_count_once():
     assert report["top_ops"][0]["name"] == "aten::linear"
 
 
+def test_collective_nested_in_a_wrapper_op_is_communication():
+    # DeepSpeed AutoTP's row-parallel layers run their all-reduce inside an autograd op
+    # named RowParallel: on the CPU the nested collective is communication, the rest of
+    # the wrapper its own category (elementwise), a nested addmm in a linear still matmul
+    trace = {
+        "traceEvents": [
+            ev("user_annotation", "step 0 decode bs1-q1-blk1 eager", 0, 100),
+            ev("cpu_op", "aten::linear", 10, 30),
+            ev("cpu_op", "aten::addmm", 12, 26),
+            ev("cpu_op", "RowParallel", 40, 40),
+            ev("cpu_op", "deepspeed::inference_all_reduce_", 45, 30),
+        ]
+    }
+    (step,) = analyze(trace)["steps"]
+    shares_us = {k: round(v * 1e3, 6) for k, v in step["shares_ms"].items()}
+    assert shares_us == {
+        "matmul": 30,
+        "attention": 0,
+        "elementwise": 10,
+        "communication": 30,
+        "host": 30,
+        "idle": 0,
+    }
+
+
 @pytest.mark.parametrize(
     ("name", "module", "category"),
     [
