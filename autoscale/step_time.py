@@ -17,8 +17,8 @@ context term is fitted only where the window's context varies enough to tell it 
 a Theil-Sen line (median of pairwise slopes, over at most 48 points spread across the
 sizes) picks the inliers first, and points over 3 robust standard deviations (1.4826 x
 the median absolute residual) from it are dropped. A refit runs on the first prediction
-after new observations and costs ~0.1-0.2 ms (window 128, one core): feed steps in
-batches (e.g. with each stats publish), not one by one between decisions.
+after new observations (once a window holds REFIT_FULL_BELOW, only after every
+REFIT_EVERY new ones) and costs ~0.05-0.2 ms (window 128, one core).
 
 Before the data supports a fit (fewer than `min_fit_observations` of a kind, or all of one
 size, or a fit with a negative slope), predictions are the prior's shape scaled by the
@@ -63,6 +63,11 @@ OUTLIER_MADS = 3.0  # residuals beyond this many robust standard deviations are 
 MAD_TO_STD = 1.4826  # a normal distribution's standard deviation per median absolute deviation
 MIN_RELATIVE_SPREAD = 0.1  # a feature is fitted only if its std is over this x its mean
 MAX_THEIL_SEN_POINTS = 48  # pairwise slopes over at most this many points (1,128 pairs)
+# A window of at least REFIT_FULL_BELOW observations is refitted after every REFIT_EVERY new
+# ones (a smaller one after each): 8 new steps of 128 barely move a fit, and a router asking
+# 16 replicas after each arrival would otherwise refit ~10 of them every decision.
+REFIT_FULL_BELOW = 16
+REFIT_EVERY = 8
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,7 @@ class StepTimeModel:
         self.min_fit_observations = min_fit_observations
         self._windows = {kind: _Window(window) for kind in STEP_KINDS}
         self._fits: dict[str, _Fit | float | None] = {}  # kind -> fit, or prior scale
+        self._unfitted = dict.fromkeys(STEP_KINDS, 0)  # observations since the last fit
         self._decode_context_per_row: float | None = None
 
     # -- feeding ------------------------------------------------------------------------
@@ -139,9 +145,12 @@ class StepTimeModel:
             raise ValueError(f"size must be at least 1 (tokens or rows), got {size}")
         if not seconds >= 0:
             raise ValueError(f"seconds must be a non-negative number, got {seconds}")
-        self._windows[kind].append(size, num_context_tokens, seconds)
-        self._fits.pop(kind, None)
-        self._decode_context_per_row = None
+        window = self._windows[kind]
+        window.append(size, num_context_tokens, seconds)
+        self._unfitted[kind] += 1
+        if window.count < REFIT_FULL_BELOW or self._unfitted[kind] >= REFIT_EVERY:
+            self._fits.pop(kind, None)
+            self._decode_context_per_row = None
 
     def num_observations(self, kind: str) -> int:
         return self._windows[kind].count
@@ -179,6 +188,7 @@ class StepTimeModel:
     def _predict(self, kind: str, size: int, num_context_tokens: int) -> float:
         if kind not in self._fits:
             self._fits[kind] = self._fit(kind)
+            self._unfitted[kind] = 0
         fit = self._fits[kind]
         if isinstance(fit, _Fit):
             t = fit.fixed + fit.per_unit * size + fit.per_context * num_context_tokens

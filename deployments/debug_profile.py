@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from deployments.cold_start import until_replica
 from deployments.handles import ModelTable, to_api_error
 from deployments.protocol import ApiError, openai_error_body
-from engine.profiling.session import ProfileBusyError
+from engine import ProfileBusyError
 
 if TYPE_CHECKING:
     from deployments.config import ModelConfig

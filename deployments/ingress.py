@@ -3,7 +3,7 @@ and Prometheus metrics, in front of one `LLMServer` deployment per model.
 
     POST /v1/completions  /v1/chat/completions    GET /v1/models          (OpenAI)
     POST /generate  /generate_stream  /           GET /info               (TGI)
-    GET  /health  /metrics
+    GET  /health  /metrics        GET|POST /debug/profile (when serve.debug_profile is on)
 
 Bodies are parsed here rather than by FastAPI so every error comes in its API's shape
 (OpenAI: {"error": {...}}, TGI: {"error", "error_type"}) with a 4xx for bad input:

@@ -73,6 +73,8 @@ _EXPORTS = {
     "PromptEncoder": "engine.prompt_encoder",
     "load_prompt_encoder": "engine.prompt_encoder",
     "truncate_prompt": "engine.prompt_encoder",
+    # profiling a live replica (deployments/debug_profile.py)
+    "ProfileBusyError": "engine.profiling.session",
 }
 
 __all__ = sorted(_EXPORTS)

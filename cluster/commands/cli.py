@@ -21,6 +21,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "config": ("config", "validate a serving config file or render it for Kubernetes"),
     "models": ("models", "fetch and convert the default chat model (smollm2-135m-instruct)"),
     "profile": ("profile", "profile engine steps offline: a Perfetto trace and a time split"),
+    "calibrate": ("calibrate", "measure a model's prefill and decode step times for the simulator"),
+    "trace": ("trace", "write or import request traces (JSONL) for simulate and replay"),
+    "simulate": ("simulate", "simulate a fleet of replicas over a trace in virtual time"),
+    "replay": ("replay", "drive a running server with a trace and summarize what it measured"),
 }
 
 

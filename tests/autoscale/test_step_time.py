@@ -110,3 +110,23 @@ def test_bad_settings_raise():
         StepTimeModel(window=1)
     with pytest.raises(ValueError, match="min_fit_observations"):
         StepTimeModel(min_fit_observations=1)
+
+
+def test_a_full_window_refits_after_every_few_new_steps_not_each():
+    from autoscale.step_time import REFIT_EVERY, REFIT_FULL_BELOW
+
+    rng = random.Random(0)
+    model = StepTimeModel(StepTimePrior(0.01, 1e-4, 0.01, 1e-3))
+
+    def observe(i: int, slower: float) -> None:
+        tokens = 100 + 50 * (i % 4)
+        model.observe(PREFILL, tokens, (0.01 + 1e-4 * tokens) * slower * rng.uniform(0.95, 1.05))
+
+    for i in range(REFIT_FULL_BELOW):
+        observe(i, 1.0)
+    fitted = model.prefill_s(1000)
+    for i in range(REFIT_EVERY - 1):  # 8% slower now (within the noise band): no refit yet
+        observe(i, 1.08)
+        assert model.prefill_s(1000) == fitted
+    observe(REFIT_EVERY, 1.08)
+    assert model.prefill_s(1000) != fitted  # the REFIT_EVERY-th new step refits
