@@ -18,27 +18,9 @@ import os
 import sys
 import time
 
+from cluster.commands.arg_types import non_negative_int, positive_int
+
 PROG = "gaudi-serve calibrate"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,17 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid = parser.add_mutually_exclusive_group()
     grid.add_argument(
         "--max-values-per-dim",
-        type=_positive,
+        type=positive_int,
         default=4,
         help="bucket values measured per dimension (default 4: smallest, largest, between)",
     )
     grid.add_argument("--full-grid", action="store_true", help="measure every warmed bucket")
     parser.add_argument(
-        "--repeats", type=_positive, default=3, help="timed runs per shape after the dropped first"
+        "--repeats",
+        type=positive_int,
+        default=3,
+        help="timed runs per shape after the dropped first",
     )
     parser.add_argument(
         "--check-tokens",
-        type=_non_negative,
+        type=non_negative_int,
         default=8,
         help="max_tokens of the engine-check requests that fit the host overhead (0: skip)",
     )

@@ -12,17 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from cluster.commands.arg_types import positive_int
+
 PROG = "gaudi-serve profile"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,16 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a model of --config (default: its only one), or a model folder without --config",
     )
-    parser.add_argument("--steps", type=_positive, default=16, help="engine steps to capture")
+    parser.add_argument("--steps", type=positive_int, default=16, help="engine steps to capture")
     parser.add_argument("--out", metavar="DIR", required=True, help="where the files go")
-    parser.add_argument("--num-prompts", type=_positive, default=4, help="prompts per wave")
-    parser.add_argument("--prompt-len", type=_positive, default=32, help="tokens per prompt")
-    parser.add_argument("--max-tokens", type=_positive, default=16, help="new tokens per prompt")
+    parser.add_argument("--num-prompts", type=positive_int, default=4, help="prompts per wave")
+    parser.add_argument("--prompt-len", type=positive_int, default=32, help="tokens per prompt")
+    parser.add_argument("--max-tokens", type=positive_int, default=16, help="new tokens per prompt")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | hpu (no --config)")
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16")
     parser.add_argument(
         "--tp-size",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="tensor-parallel ranks, one trace each (default: the config's, else 1)",
     )

@@ -24,38 +24,10 @@ import signal
 import sys
 from pathlib import Path
 
+from cluster.commands.arg_types import non_negative_float, non_negative_int, positive_float
+
 PROG = "gaudi-serve replay"
 CONNECT_TIMEOUT_S = 10.0
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def _vocab_size(text: str) -> int:
@@ -85,28 +57,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--slo-ttft",
-        type=_positive_float,
+        type=positive_float,
         default=SloPolicyConfig.ttft_s,
         help=f"TTFT SLO, s ({SloPolicyConfig.ttft_s})",
     )
     parser.add_argument(
         "--slo-tpot",
-        type=_positive_float,
+        type=positive_float,
         default=SloPolicyConfig.tpot_s,
         help=f"TPOT SLO, s ({SloPolicyConfig.tpot_s})",
     )
     parser.add_argument(
-        "--timeout", type=_positive_float, default=600.0, help="per request, from its send (600)"
+        "--timeout", type=positive_float, default=600.0, help="per request, from its send (600)"
     )
     parser.add_argument(
         "--sample-interval",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=1.0,
         help="seconds between fleet samples from /health and /metrics; 0: none (1)",
     )
     parser.add_argument(
         "--warmup",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=1,
         help="small requests sent and awaited before the clock starts (1); a fresh "
         "server's first request pays one-off set-up a replay should not measure",

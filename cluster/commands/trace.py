@@ -20,37 +20,9 @@ import argparse
 import json
 import sys
 
+from cluster.commands.arg_types import non_negative_float, positive_float, positive_int
+
 PROG = "gaudi-serve trace"
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _lengths(name: str):
@@ -81,19 +53,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     synth = sub.add_parser("synth", help="write a synthetic trace")
     synth.add_argument("--kind", required=True, choices=ARRIVAL_KINDS, help="arrival process")
-    synth.add_argument("--rate", type=_positive_float, required=True, help="requests/s (mean)")
-    synth.add_argument("--duration", type=_positive_float, required=True, help="seconds")
+    synth.add_argument("--rate", type=positive_float, required=True, help="requests/s (mean)")
+    synth.add_argument("--duration", type=positive_float, required=True, help="seconds")
     synth.add_argument("--seed", type=int, required=True, help="the same seed, the same trace")
     synth.add_argument("--out", metavar="FILE", required=True, help="the trace (JSONL)")
     synth.add_argument(
-        "--cv", type=_positive_float, default=2.0, help="bursty: inter-arrival CV (default 2)"
+        "--cv", type=positive_float, default=2.0, help="bursty: inter-arrival CV (default 2)"
     )
     synth.add_argument(
-        "--period", type=_positive_float, default=3600.0, help="diurnal: period, s (3600)"
+        "--period", type=positive_float, default=3600.0, help="diurnal: period, s (3600)"
     )
     synth.add_argument(
         "--amplitude",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=0.5,
         help="diurnal: rate swing, 0..1 of the mean rate (0.5)",
     )
@@ -126,16 +98,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     imp.add_argument("--out", metavar="FILE", required=True, help="the trace (JSONL)")
     imp.add_argument(
         "--time-scale",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         help="multiply arrival times: 0.5 replays twice as fast (1)",
     )
-    imp.add_argument("--max-requests", type=_positive_int, default=None, help="keep the first N")
+    imp.add_argument("--max-requests", type=positive_int, default=None, help="keep the first N")
     imp.add_argument(
-        "--start", type=_non_negative_float, default=None, help="window start, s from 1st row"
+        "--start", type=non_negative_float, default=None, help="window start, s from 1st row"
     )
     imp.add_argument(
-        "--end", type=_positive_float, default=None, help="window end, s from the first row"
+        "--end", type=positive_float, default=None, help="window end, s from the first row"
     )
 
     stats = sub.add_parser("stats", help="count, span, rate, token lengths, prefix share")
