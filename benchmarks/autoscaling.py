@@ -62,7 +62,6 @@ import os
 import platform
 import random
 import re
-import signal
 import sys
 import textwrap
 import time
@@ -71,7 +70,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.routing import Server, Stopped, _pct, server_config
+from benchmarks.routing import Server, Stopped, _pct, prepare, server_config
 from benchmarks.routing_workloads import MODEL_NAME, body, poisson_arrivals, send
 from benchmarks.workload import code_prompts
 
@@ -470,20 +469,7 @@ def setup_line(args: argparse.Namespace, num_requests: int) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.model is None:
-        from engine import default_model_path
-
-        args.model = Path(default_model_path(MODEL_NAME))
-    args.model = args.model.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    def on_sigterm(*_):
-        raise Stopped("SIGTERM")
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = prepare(args)
     load = step_load(args, tokenizer)
     title = setup_line(args, len(load))
     print(title, flush=True)

@@ -672,8 +672,10 @@ def build_workloads(args: argparse.Namespace, tokenizer) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def prepare(args: argparse.Namespace):
+    """What a served-model benchmark does first: `args.model` resolved (default: the bundled
+    model), `args.out` made, SIGTERM turned into Stopped (the server is then stopped
+    cleanly); returns the model's tokenizer."""
     if args.model is None:
         from engine import default_model_path
 
@@ -687,7 +689,12 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    return AutoTokenizer.from_pretrained(args.model)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tokenizer = prepare(args)
     workloads = build_workloads(args, tokenizer)
     if args.kv_cache_tokens is None:
         args.kv_cache_tokens = default_kv_cache_tokens(workloads["a"], args.replicas)

@@ -104,7 +104,14 @@ from pathlib import Path
 
 from autoscale.sim.synth import Fixed, PrefixGroups, SynthSpec, Uniform, synthesize
 from autoscale.sim.trace import TraceRequest, read_trace, write_trace
-from benchmarks.routing import BLOCK_SIZE, MAX_MODEL_LEN, Server, Stopped, server_config
+from benchmarks.routing import (
+    BLOCK_SIZE,
+    MAX_MODEL_LEN,
+    Server,
+    Stopped,
+    prepare,
+    server_config,
+)
 from benchmarks.routing import warm_up as warm_up_replicas
 from benchmarks.routing_workloads import MODEL_NAME
 
@@ -834,21 +841,8 @@ def main(argv=None) -> int:
     import yaml
 
     args = parse_args(argv)
-    if args.model is None:
-        from engine import default_model_path
-
-        args.model = Path(default_model_path(MODEL_NAME))
-    args.model = args.model.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    def on_sigterm(*_):
-        raise Stopped("SIGTERM")
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    from transformers import AutoTokenizer
-
+    tokenizer = prepare(args)
     vocab = json.loads((args.model / "config.json").read_text())["vocab_size"]
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
     traces = write_traces(args)
     title = setup_line(args, traces)
     print(title, flush=True)

@@ -257,6 +257,19 @@ class ServeConfig(BaseModel):
                 return model
         raise KeyError(f"no model {name!r}; served: {', '.join(m.name for m in self.models)}")
 
+    def chosen_model(self, name: str | None, source: str) -> ModelConfig:
+        """A command's `--model`: the model called `name`, or with None the only one.
+        ValueError naming --model, `source` (the config's name) and the served models."""
+        if name is None:
+            if len(self.models) != 1:
+                names = ", ".join(m.name for m in self.models)
+                raise ValueError(f"--model is needed: {source} serves several ({names})")
+            return self.models[0]
+        try:
+            return self.model(name)
+        except KeyError as exc:
+            raise ValueError(f"--model: {exc.args[0]}") from None
+
 
 def load_config(path: str | Path, *, check_paths: bool = True) -> ServeConfig:
     """Read and validate a YAML config file; raise ConfigError listing every problem.

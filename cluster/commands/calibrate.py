@@ -61,17 +61,7 @@ def engine_config(args: argparse.Namespace):
     from engine import resolve_device_name
 
     served = load_config(args.config) if args.config else ServeConfig.default()
-    source = args.config or "the default config"
-    if args.model is None:
-        if len(served.models) != 1:
-            names = ", ".join(m.name for m in served.models)
-            raise ValueError(f"--model is needed: {source} serves several ({names})")
-        model = served.models[0]
-    else:
-        try:
-            model = served.model(args.model)
-        except KeyError as exc:
-            raise ValueError(f"--model: {exc.args[0]}") from None
+    model = served.chosen_model(args.model, args.config or "the default config")
     return engine_config_for(model, resolve_device_name(model.device))
 
 

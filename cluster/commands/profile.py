@@ -78,17 +78,7 @@ def _engine_config(args: argparse.Namespace):
     from deployments.config import load_config
     from deployments.engine_config import engine_config_for
 
-    served = load_config(args.config)
-    if args.model is None:
-        if len(served.models) != 1:
-            names = ", ".join(m.name for m in served.models)
-            raise ValueError(f"--model is needed: {args.config} serves several ({names})")
-        model = served.models[0]
-    else:
-        try:
-            model = served.model(args.model)
-        except KeyError as exc:
-            raise ValueError(f"--model: {exc.args[0]}") from None
+    model = load_config(args.config).chosen_model(args.model, args.config)
     return engine_config_for(model, resolve_device_name(model.device))
 
 

@@ -626,3 +626,14 @@ def test_cli_config_rejects_an_unknown_action(capsys):
         main(["config", "lint", "x.yaml"])
     assert info.value.code == 2
     assert "invalid choice: 'lint'" in capsys.readouterr().err
+
+
+def test_chosen_model_is_the_named_or_the_only_one():
+    one = parse_config(one_model())
+    assert one.chosen_model(None, "serve.yaml") is one.models[0]
+    two = parse_config({"models": [{"name": "m"}, {"name": "b"}]})
+    assert two.chosen_model("b", "serve.yaml").name == "b"
+    with pytest.raises(ValueError, match=r"--model is needed: serve.yaml serves several \(m, b\)"):
+        two.chosen_model(None, "serve.yaml")
+    with pytest.raises(ValueError, match=r"--model: no model 'x'; served: m, b"):
+        two.chosen_model("x", "serve.yaml")
