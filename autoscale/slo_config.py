@@ -21,6 +21,7 @@ class SloPolicyConfig:
     downscale_delay_s: float = 300.0  # every signal agrees this long before each removal
     demand_window_s: float = 600.0  # the peak of this window must fit after a removal
     forecast_window_s: float = 120.0  # the demand trend is fitted over this window
+    rate_window_s: float = 30.0  # demand rates: averaged over this much of the counters
     kv_high: float = 0.85  # a replica's KV usage over this asks for one more replica
     kv_low: float = 0.5  # every replica under this, or no removal
     default_startup_s: float = 120.0  # load + warm-up, until a replica reports its own
@@ -45,6 +46,7 @@ class SloPolicyConfig:
             "default_startup_s",
             "demand_window_s",
             "forecast_window_s",
+            "rate_window_s",
         ):
             _require(name, getattr(self, name), "a positive finite number", _positive)
         for name in ("downscale_delay_s", "settle_s"):

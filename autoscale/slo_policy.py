@@ -15,6 +15,7 @@ decision returned (`PolicyState()` at first). Each call:
    its capacity at the SLO (autoscale/slo_capacity.py); demand is the fleet's prompt
    arrivals and the output they ask for, from counters (autoscale/slo_demand.py);
    load = prompt/prefill capacity + output/decode capacity of the fleet's mean replica.
+   Rates are averaged over rate_window_s of each replica's counters.
 3. Scales up on the worst signal, each a desired count of replicas:
    - capacity: ceil(forecast / target_utilization), forecast = load now + its trend over
      forecast_window_s x the start-up time (never below now);
@@ -47,7 +48,7 @@ Worked example (two replicas, each step-time fit 0.1 ms per prompt token and 10 
 per decode row: 10k prompt or 800 output tokens/s at a 50 ms TPOT; each prefills 2,000
 prompt tokens/s and generates 480 tokens/s, 0.8 busy, over the 0.7 target):
 
-    >>> config = SloPolicyConfig(ttft_s=1.0, tpot_s=0.05, max_replicas=4)
+    >>> config = SloPolicyConfig(ttft_s=1.0, tpot_s=0.05, max_replicas=4, rate_window_s=10.0)
     >>> fit = StepTimePrior(0.0, 1e-4, 0.01, 0.001)
     >>> def replica(name, at):
     ...     return ReplicaMetrics(name, at, prompt_tokens_total=int(2000 * at),
@@ -208,6 +209,7 @@ def decide(
             r.prompt_tokens_total,
             r.generated_tokens_total,
             r.num_queued_prompt_tokens,
+            config.rate_window_s,
         )
         for r in fleet.replicas
     }

@@ -232,6 +232,7 @@ def _describe_policy(model: ModelConfig) -> str:
         "downscale_delay_s",
         "demand_window_s",
         "forecast_window_s",
+        "rate_window_s",
         "default_startup_s",
     )
     upscale_delay_s = scaling.upscale_delay_s or 0.0

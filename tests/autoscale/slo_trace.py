@@ -39,6 +39,7 @@ def config(**overrides) -> SloPolicyConfig:
         downscale_delay_s=120.0,
         demand_window_s=300.0,
         forecast_window_s=60.0,
+        rate_window_s=5.0,  # one tick: the loads here are exact, not bursty
         default_startup_s=STARTUP_S,
     )
     return SloPolicyConfig(**(settings | overrides))

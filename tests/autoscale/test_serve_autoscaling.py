@@ -76,7 +76,7 @@ def test_replica_stats_round_trip_through_floats():
 
 
 def test_policy_scales_up_on_token_demand_and_clamps_to_serves_bounds():
-    config = SloPolicyConfig(ttft_s=1.0, tpot_s=0.05, max_replicas=8)
+    config = SloPolicyConfig(ttft_s=1.0, tpot_s=0.05, max_replicas=8, rate_window_s=10.0)
     policy = SloAutoscalingPolicy(**policy_kwargs(config))  # as Serve builds it: from JSON
     assert policy.config == config
     replicas = [ReplicaID(name, DEPLOYMENT) for name in ("a", "b")]
@@ -172,6 +172,7 @@ def test_serve_scales_1_to_2_to_1_under_a_burst_without_losing_a_request(
         "downscale_delay_s": 2.0,
         "demand_window_s": 4.0,
         "forecast_window_s": 4.0,
+        "rate_window_s": 2.0,
         "settle_s": 0.0,
     }
     entry = model_entry(

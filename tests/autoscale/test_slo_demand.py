@@ -16,7 +16,7 @@ def test_docstring_example():
 
 
 def snapshot(previous=None, at=0.0, prompt=0, generated=0, queued=0):
-    return advance_counters(previous, at, prompt, generated, queued)
+    return advance_counters(previous, at, prompt, generated, queued, window_s=10.0)
 
 
 def test_a_repeated_snapshot_keeps_its_rates_and_a_restart_is_a_baseline():
@@ -71,3 +71,23 @@ def test_the_peak_is_over_the_window_only():
     samples = [(0.0, 9.0), (50.0, 2.0), (100.0, 1.0)]
     assert peak(samples, 100.0, 60.0) == 2.0
     assert peak([], 100.0, 60.0) == 0.0
+
+
+def test_rates_average_over_the_window_from_the_newest_snapshot_before_it():
+    counters, prompt = None, 0
+    for at in range(0, 61):  # 1,000 prompt tokens every fourth second, reported every second
+        prompt += 1_000 if at % 4 == 0 else 0
+        counters = advance_counters(counters, float(at), prompt, 0, 0, window_s=20.0)
+    assert counters.history[0][0] == 40.0  # the snapshot the window starts from
+    assert [snap[0] for snap in counters.history] == [float(t) for t in range(40, 60)]
+    assert counters.prompt_served_s == pytest.approx(5 * 1_000 / 20.0)  # 44, 48, ..., 60
+    sparse = advance_counters(advance_counters(None, 0.0, 0, 0, 0), 90.0, 9_000, 0, 0, 20.0)
+    assert sparse.prompt_served_s == pytest.approx(100.0)  # reports further apart: the last
+    young = advance_counters(advance_counters(None, 0.0, 0, 0, 0), 9.0, 9_000, 0, 0, 20.0)
+    assert not young.has_rates  # under half the window of history: no rates yet
+
+
+def test_a_half_window_barely_begun_gives_no_trend():
+    # four samples rising over the first 3 s of a 120 s window: not a ramp to extrapolate
+    early = [(0.0, 0.0), (1.0, 1.0), (2.0, 2.0), (3.0, 3.0)] + [(t, 3.0) for t in range(4, 64)]
+    assert trend_per_s(early, now=63.0, window_s=120.0) == 0.0

@@ -323,3 +323,18 @@ def test_start_up_time_comes_from_the_replicas_then_memory_then_the_default():
 def test_a_negative_target_is_refused_with_the_field_named():
     with pytest.raises(ValueError, match="target_num_replicas"):
         decide(FleetMetrics((), -1), config(), PolicyState(), now=0.0)
+
+
+def test_bursty_arrivals_are_judged_by_their_mean_over_the_rate_window():
+    """Arrivals in bursts (every other one-second tick carries twice the mean, the others
+    nothing): rates between consecutive reports swing from 0 to 2x, and a policy that
+    scales up on the swings holds the fleet at its maximum; over rate_window_s they read
+    as the mean (1.5 replicas busy) and the count stays the steady one, ceil(1.5 / 0.7)."""
+
+    def bursts(t):
+        return 3.0 if round(t) % 2 == 0 else 0.0
+
+    smoothed = Trace(bursts, config=config(rate_window_s=30.0), num_replicas=3, tick_s=1.0)
+    assert changes(smoothed.run_until(1800)) == []
+    raw = Trace(bursts, config=config(rate_window_s=1.0), num_replicas=3, tick_s=1.0)
+    assert max(s.num_replicas for s in raw.run_until(1800)) > 3
