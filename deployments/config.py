@@ -33,6 +33,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from autoscale.router_choice import request_router_config
@@ -49,6 +50,7 @@ from deployments.config_options import (
     SloOptions,
     SpeculativeOptions,
     _model_dir,
+    _stats_dir,
     _tokenizer_dir,
 )
 from deployments.protocol.errors import describe_validation_errors
@@ -57,7 +59,11 @@ from engine import (
     DEVICE_CHOICES,
     DTYPE_CHOICES,
     FALLBACK_MODEL_NAME,
+    KV_CACHE_DTYPE_CHOICES,
     MODEL_NAMES,
+    QUANTIZATION_CHOICES,
+    QUANTIZATION_DEVICES,
+    check_quantization_device,
 )
 
 __all__ = [
@@ -129,6 +135,20 @@ class ModelConfig(BaseModel):
     tp_size: Literal[1, 2, 4, 8] = Field(
         1, description="Tensor-parallel degree: cards per replica (1, 2, 4 or 8)."
     )
+    quantization: Literal[QUANTIZATION_CHOICES] = Field(
+        None,
+        description="Weight quantization; null: the weights run in dtype. Devices: "
+        + "; ".join(f"{q}: {', '.join(d)}" for q, d in QUANTIZATION_DEVICES.items())
+        + " (fp8 on hpu needs quantization_stats).",
+    )
+    quantization_stats: Path | None = Field(
+        None,
+        description="For fp8 on hpu: the folder of Intel Neural Compressor statistics that "
+        "`gaudi-serve quantize --model PATH --out DIR` wrote (DIR).",
+    )
+    kv_cache_dtype: Literal[KV_CACHE_DTYPE_CHOICES] = Field(
+        "auto", description="KV-cache storage: auto (the dtype) or fp8 (with scales)."
+    )
     engine: EngineOptions = Field(default_factory=EngineOptions, description="Engine options.")
     speculative: SpeculativeOptions | None = Field(
         None, description="Speculative decoding; null: off."
@@ -144,6 +164,18 @@ class ModelConfig(BaseModel):
     @classmethod
     def _check_tokenizer_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return _tokenizer_dir(value, info)
+
+    @field_validator("quantization_stats")
+    @classmethod
+    def _check_stats_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return _stats_dir(value, info)
+
+    @model_validator(mode="after")
+    def _check_quantization_device(self) -> ModelConfig:
+        """An explicit device must run the quantization ('auto' is checked once resolved)."""
+        if self.device != "auto":
+            check_quantization_device(self.quantization, self.device)
+        return self
 
     def resolved_path(self) -> Path:
         """The model folder: `path`, else the model gaudi-serve provides by this name

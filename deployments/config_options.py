@@ -301,6 +301,7 @@ SLO_POLICY_KNOBS = (
     "scale_down_utilization",
     "demand_window_s",
     "forecast_window_s",
+    "rate_window_s",
     "default_startup_s",
     "settle_s",
 )
@@ -388,6 +389,12 @@ class AutoscalingOptions(BaseModel):
         gt=0,
         description="slo: seconds the demand trend is fitted over; default "
         f"{_slo_default('forecast_window_s'):g}.",
+    )
+    rate_window_s: float | None = Field(
+        None,
+        gt=0,
+        description="slo: seconds of each replica's counters its demand rates average over; "
+        f"default {_slo_default('rate_window_s'):g}.",
     )
     default_startup_s: float | None = Field(
         None,
@@ -566,6 +573,11 @@ def _model_dir(value: Path | None, info: ValidationInfo) -> Path | None:
 def _tokenizer_dir(value: Path | None, info: ValidationInfo) -> Path | None:
     """An absolute tokenizer folder; checked to exist unless check_paths is off."""
     return _local_dir(value, info, None, "a Hugging Face tokenizer folder")
+
+
+def _stats_dir(value: Path | None, info: ValidationInfo) -> Path | None:
+    """An absolute folder of INC FP8 statistics; checked to exist unless check_paths is off."""
+    return _local_dir(value, info, None, "the folder `gaudi-serve quantize --out` wrote")
 
 
 def _local_dir(

@@ -27,6 +27,9 @@ MODEL_KEYS = {
     "dtype": "dtype",
     "tp_size": "tp_size",
     "speculative": "speculative",
+    "quantization": "quantization",
+    "quantization_stats": "quantization_stats",
+    "kv_cache_dtype": "kv_cache_dtype",
 }
 # EngineConfig fields a serving config cannot set, and why
 NOT_IN_SERVING_CONFIG = {
@@ -48,6 +51,11 @@ def engine_config_for(model: ModelConfig, device: str) -> EngineConfig:
         device=device,
         dtype=model.dtype,
         tp_size=model.tp_size,
+        quantization=model.quantization,
+        quantization_stats=(
+            str(model.quantization_stats) if model.quantization_stats is not None else None
+        ),
+        kv_cache_dtype=model.kv_cache_dtype,
         buckets=_bucket_config(model.engine, path),
         speculative=model.speculative.to_engine() if model.speculative is not None else None,
         **options,

@@ -36,6 +36,10 @@ _EXPORTS = {
     "EngineConfig": "engine.config",
     "DTYPE_CHOICES": "engine.config",
     "BLOCK_SIZE_CHOICES": "engine.config",
+    "QUANTIZATION_CHOICES": "engine.config",
+    "QUANTIZATION_DEVICES": "engine.config",
+    "KV_CACHE_DTYPE_CHOICES": "engine.config",
+    "check_quantization_device": "engine.config",
     "resolve_max_model_len": "engine.config",
     "DEVICE_CHOICES": "engine.devices",
     "resolve_device_name": "engine.devices",  # "auto" probes the machine (imports torch)

@@ -19,6 +19,17 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16")
 DTYPE_CHOICES = ("auto", *DTYPE_NAMES)  # auto: the checkpoint's dtype, as the device allows
 BLOCK_SIZE_CHOICES = (8, 16, 32, 64, 128)  # tokens per KV-cache block
 DEFAULT_MAX_MODEL_LEN_CAP = 4096
+# Weight quantization (None = the weights run in `dtype`). Which device runs which:
+# QUANTIZATION_DEVICES; engine.quant applies it after the model loads.
+QUANTIZATION_CHOICES = (None, "fp8", "int8", "int4")
+# fp8: Intel Neural Compressor's measured FP8 on Gaudi; per-channel scaled matmul on NVIDIA.
+# int8/int4: INC's weight-only RTN; the weights are stored packed and dequantized per matmul
+# in torch, so the CPU runs them (and the CUDA backend too); Gaudi's INC weight-only path is
+# a different (HPU-kernel) one that gaudi-serve does not drive.
+QUANTIZATION_DEVICES = {"fp8": ("hpu", "cuda"), "int8": ("cpu", "cuda"), "int4": ("cpu", "cuda")}
+# KV cache storage: auto = the model's dtype; fp8 = float8 with scales, computed in the
+# model's dtype (every backend).
+KV_CACHE_DTYPE_CHOICES = ("auto", "fp8")
 
 
 def resolve_max_model_len(max_model_len: int | None, model_max: int | None) -> int:
@@ -62,6 +73,11 @@ class EngineConfig:
     enable_graphs: capture and replay graphs on backends that have them (hpu, cuda).
     speculative: speculative decoding (a draft model or n-gram proposals, verified by the
         model); None = off.
+    quantization: the weights' quantization (QUANTIZATION_CHOICES; None = off); the
+        devices that run each are QUANTIZATION_DEVICES (check_quantization_device).
+    kv_cache_dtype: the KV cache's storage (KV_CACHE_DTYPE_CHOICES); auto = `dtype`.
+    quantization_stats: for quantization "fp8" on hpu: the directory of Intel Neural
+        Compressor's measurement that `gaudi-serve quantize --model PATH --out DIR` wrote.
     """
 
     model: str | None = None
@@ -83,6 +99,9 @@ class EngineConfig:
     strict_shapes: bool = False
     enable_graphs: bool = True
     speculative: SpeculativeConfig | None = None
+    quantization: str | None = None
+    kv_cache_dtype: str = "auto"
+    quantization_stats: str | None = None
 
     def __post_init__(self) -> None:
         from engine.devices import DEVICE_CHOICES
@@ -90,6 +109,20 @@ class EngineConfig:
         _choice("device", self.device, DEVICE_CHOICES)
         _choice("dtype", self.dtype, DTYPE_CHOICES)
         _choice("block_size", self.block_size, BLOCK_SIZE_CHOICES)
+        _choice("quantization", self.quantization, QUANTIZATION_CHOICES)
+        _choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPE_CHOICES)
+        if self.device != "auto":
+            check_quantization_device(self.quantization, self.device)
+        if self.quantization_stats is not None and self.quantization != "fp8":
+            raise ValueError(
+                "quantization_stats is only read with quantization 'fp8' (on hpu), got "
+                f"quantization {self.quantization!r}"
+            )
+        if self.quantization == "fp8" and self.device == "hpu" and self.quantization_stats is None:
+            raise ValueError(
+                "quantization 'fp8' on hpu needs quantization_stats: the directory "
+                "`gaudi-serve quantize --model PATH --out DIR` wrote (DIR)"
+            )
         _at_least("max_num_seqs", self.max_num_seqs, 1)
         _at_least("max_num_batched_tokens", self.max_num_batched_tokens, self.block_size)
         _at_least("tp_size", self.tp_size, 1)
@@ -118,6 +151,27 @@ class EngineConfig:
 
     def replace(self, **changes) -> EngineConfig:
         return dataclasses.replace(self, **changes)
+
+
+def check_quantization_device(quantization: str | None, device_name: str) -> None:
+    """Raise unless the (resolved) device runs `quantization` (QUANTIZATION_DEVICES).
+
+    >>> check_quantization_device("int8", "cpu")
+    >>> check_quantization_device("fp8", "cpu")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: quantization 'fp8' does not run on device 'cpu'; ...
+    """
+    if quantization is None:
+        return
+    devices = QUANTIZATION_DEVICES[quantization]
+    if device_name not in devices:
+        runnable = [q for q, names in QUANTIZATION_DEVICES.items() if device_name in names]
+        raise ValueError(
+            f"quantization {quantization!r} does not run on device {device_name!r}; "
+            f"it runs on {list(devices)}; allowed quantization on {device_name!r}: "
+            f"{[None, *runnable]}"
+        )
 
 
 def _choice(name: str, value: object, allowed: tuple) -> None:

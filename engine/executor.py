@@ -61,12 +61,23 @@ class Executor(Protocol):
 class LocalExecutor:
     """One rank, in this process."""
 
-    def __init__(self, model_path: Path, device_name: str, dtype_name: str, block_size: int):
+    def __init__(
+        self,
+        model_path: Path,
+        device_name: str,
+        dtype_name: str,
+        block_size: int,
+        kv_cache_dtype: str = "auto",
+        quantization: str | None = None,
+        quantization_stats: str | None = None,
+    ):
         self.device: Device = get_device(device_name)
         hf_config = load_config(model_path)
         dtype = resolve_dtype(dtype_name, hf_config, self.device)
-        self.kv_spec = KVSpec.from_config(hf_config, dtype)
-        model = load_model(model_path, dtype, self.device.torch_device)
+        self.kv_spec = KVSpec.from_config(hf_config, dtype, kv_cache_dtype=kv_cache_dtype)
+        model = load_model(
+            model_path, dtype, self.device.torch_device, quantization, quantization_stats
+        )
         self.runner = ModelRunner(
             self.device.prepare_model(model), self.device, self.kv_spec, block_size
         )
@@ -140,7 +151,15 @@ TENSOR_PARALLEL_EXECUTOR = "tensor_parallel"
 
 def create_local_executor(config: EngineConfig, model_path: Path) -> LocalExecutor:
     """The ExecutorFactory for one rank in this process (tp_size 1)."""
-    return LocalExecutor(model_path, config.device, config.dtype, config.block_size)
+    return LocalExecutor(
+        model_path,
+        config.device,
+        config.dtype,
+        config.block_size,
+        kv_cache_dtype=config.kv_cache_dtype,
+        quantization=config.quantization,
+        quantization_stats=config.quantization_stats,
+    )
 
 
 def default_executor_factory(config: EngineConfig) -> ExecutorFactory:

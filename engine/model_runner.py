@@ -27,14 +27,15 @@ class ModelRunner:
         self.num_eager_runs = 0
 
     def init_kv_cache(self, num_blocks: int) -> None:
-        """Allocate per layer K and V pools: [num_blocks, block_size, kv_heads, head_dim]."""
+        """Allocate per layer K and V pools: [num_blocks, block_size, kv_heads, head_dim] of
+        the spec's storage dtype (float8 for an fp8 KV cache, else the model's)."""
         spec = self.kv_spec
         shape = (num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim)
         dev = self.device.torch_device
         self.kv_caches = [
             (
-                torch.zeros(shape, dtype=spec.dtype, device=dev),
-                torch.zeros(shape, dtype=spec.dtype, device=dev),
+                torch.zeros(shape, dtype=spec.storage_dtype, device=dev),
+                torch.zeros(shape, dtype=spec.storage_dtype, device=dev),
             )
             for _ in range(spec.num_layers)
         ]

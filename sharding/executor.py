@@ -163,6 +163,9 @@ class TPExecutor:
             address=self._address,
             group_accelerator_ids=tuple(i for p in self._placements for i in p.accelerator_ids),
             timeout_s=self._start_timeout_s,
+            kv_cache_dtype=config.kv_cache_dtype,
+            quantization=config.quantization,
+            quantization_stats=config.quantization_stats,
         )
         return self._call_all("setup", (spec,), self._start_timeout_s)
 

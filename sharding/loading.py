@@ -93,23 +93,93 @@ def load_rank_weights(model: torch.nn.Module, model_path: Path, tp_rank: int) ->
     tied = _tied_sources(model)
     num_tensors = num_bytes = 0
     for name, param in model.named_parameters(remove_duplicate=False):
-        key = name if name in files else tied.get(name)
-        if key not in files:
+        stored = _stored_tensor(model, name, files, tied)
+        if stored is None:
             raise KeyError(f"parameter {name!r} of the model has no weights in {model_path}")
         module = model.get_submodule(name.rpartition(".")[0])
-        with safe_open(files[key], framework="pt") as f:
-            tensor_slice = f.get_slice(key)
-            full_shape = tuple(tensor_slice.get_shape())
-            for piece in _rank_pieces(param, module, full_shape, tp_rank):
-                block = tensor_slice[piece.source]
-                if piece.scale != 1.0:
-                    block = block * piece.scale
-                param.data[piece.dest].copy_(block)
-                num_bytes += block.numel() * param.element_size()
+        for piece in _rank_pieces(param, module, stored.shape, tp_rank):
+            block = stored.read(piece.source)
+            if piece.scale != 1.0:
+                block = block * piece.scale
+            param.data[piece.dest].copy_(block)
+            num_bytes += block.numel() * param.element_size()
         param._is_hf_initialized = True  # transformers' initialisers now leave it alone
         num_tensors += 1
     _init_non_persistent_buffers(model)
     return LoadReport(num_tensors=num_tensors, num_bytes=num_bytes)
+
+
+@dataclass(frozen=True)
+class _StoredTensor:
+    """A parameter as the checkpoint stores it: `groups` of keys, each group's tensors
+    concatenated along dim 0; one group is the tensor itself, several (`is_stacked`) are
+    stacked along a new dim 0 (one per expert). Reads only the requested block, each
+    tensor through its own short-lived `safe_open`."""
+
+    files: dict[str, Path]
+    groups: tuple[tuple[str, ...], ...]
+    is_stacked: bool = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shapes = {self._group_shape(group) for group in self.groups}
+        if len(shapes) != 1:
+            raise ValueError(f"checkpoint tensors {self.groups} stacked with shapes {shapes}")
+        shape = shapes.pop()
+        return (len(self.groups), *shape) if self.is_stacked else shape
+
+    def read(self, box: tuple[slice, ...]) -> torch.Tensor:
+        if not self.is_stacked:
+            return self._read_group(self.groups[0], box)
+        return torch.stack([self._read_group(g, box[1:]) for g in self.groups[box[0]]])
+
+    def _key_shape(self, key: str) -> tuple[int, ...]:
+        with safe_open(self.files[key], framework="pt") as f:
+            return tuple(f.get_slice(key).get_shape())
+
+    def _group_shape(self, group: tuple[str, ...]) -> tuple[int, ...]:
+        shapes = [self._key_shape(key) for key in group]
+        return (sum(shape[0] for shape in shapes), *shapes[0][1:])
+
+    def _read_group(self, group: tuple[str, ...], box: tuple[slice, ...]) -> torch.Tensor:
+        """Rows box[0] of the group's tensors concatenated: from each the rows it holds."""
+        parts, offset = [], 0
+        for key in group:
+            rows = self._key_shape(key)[0]
+            start, stop = max(box[0].start, offset), min(box[0].stop, offset + rows)
+            if start < stop:
+                with safe_open(self.files[key], framework="pt") as f:
+                    rows_box = (slice(start - offset, stop - offset), *box[1:])
+                    parts.append(f.get_slice(key)[rows_box])
+            offset += rows
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _stored_tensor(
+    model: torch.nn.Module, name: str, files: dict[str, Path], tied: dict[str, str]
+) -> _StoredTensor | None:
+    """Where parameter `name` is in the checkpoint: under its own name, the name it is tied
+    to, or where the nearest enclosing module with a `checkpoint_source(name, path)` hook
+    says (engine.models: a key of another name, or per-expert keys to stack); None if
+    nowhere."""
+    key = name if name in files else tied.get(name)
+    if key in files:
+        return _StoredTensor(files, ((key,),))
+    path = name
+    while path:
+        path = path.rpartition(".")[0]
+        hook = getattr(model.get_submodule(path), "checkpoint_source", None)
+        if hook is None:
+            continue
+        source = hook(name[len(path) + 1 :] if path else name, path)
+        if isinstance(source, str):
+            stored = _StoredTensor(files, ((source,),))
+        elif source:
+            stored = _StoredTensor(files, tuple(source), is_stacked=True)
+        else:
+            return None
+        return stored if all(k in files for g in stored.groups for k in g) else None
+    return None
 
 
 def _rank_pieces(

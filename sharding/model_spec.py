@@ -1,7 +1,7 @@
 """A model's dimensions as the planner needs them, read from config.json alone (no
 weights): layers, heads, KV heads, head_dim, FFN, vocab, experts, tied embeddings, and the
-parameter count computed from them (Falcon's multi-query / new-decoder-architecture quirks
-and Mixtral's experts included)."""
+parameter count computed from them (Falcon's multi-query / new-decoder-architecture quirks,
+StarCoder's multi-query and n_inner, the two-matrix MLPs and Mixtral's experts included)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ _TIED_DEFAULTS = {
     **{model_type: family.is_tied_by_default for model_type, family in FAMILIES.items()},
     "mixtral": False,
 }
+
+
+# Families whose MLP is two matrices (up, down: Falcon's dense_h_to_4h/dense_4h_to_h,
+# StarCoder's and StarCoder2's c_fc/c_proj, Phi-2's fc1/fc2), not Llama's gate/up/down.
+_UNGATED_MLP = frozenset({"falcon", "starcoder2", "gpt_bigcode", "phi"})
 
 
 @dataclass(frozen=True)
@@ -76,27 +81,37 @@ class ModelSpec:
                 f"{num_heads}, and config.json has no head_dim"
             )
         is_falcon = model_type == "falcon"
+        if is_falcon:
+            num_kv_heads = _falcon_kv_heads(config, num_heads)
+        elif model_type == "gpt_bigcode":
+            num_kv_heads = _gpt_bigcode_kv_heads(config, num_heads)
+        else:
+            num_kv_heads = _kv_heads(config)
         return cls(
             name=name or str(config.get("_name_or_path") or model_type),
             model_type=model_type,
             num_layers=_int(config, "num_hidden_layers", "n_layer"),
             hidden_size=hidden_size,
             num_attention_heads=num_heads,
-            num_kv_heads=_falcon_kv_heads(config, num_heads) if is_falcon else _kv_heads(config),
+            num_kv_heads=num_kv_heads,
             head_dim=head_dim,
             intermediate_size=(
                 int(config.get("ffn_hidden_size") or 4 * hidden_size)
                 if is_falcon
+                else int(config.get("n_inner") or 4 * hidden_size)
+                if model_type == "gpt_bigcode"
                 else _int(config, "intermediate_size")
             ),
             vocab_size=_int(config, "vocab_size"),
             is_tied_embeddings=bool(
                 config.get("tie_word_embeddings", _TIED_DEFAULTS.get(model_type, True))
             ),
-            is_gated_mlp=not is_falcon,
+            is_gated_mlp=model_type not in _UNGATED_MLP,
             num_experts=int(config.get("num_local_experts") or 1),
             num_experts_per_tok=int(config.get("num_experts_per_tok") or 1),
-            max_position_embeddings=config.get("max_position_embeddings"),
+            max_position_embeddings=config.get(
+                "max_position_embeddings", config.get("n_positions")
+            ),
         )
 
     @classmethod
@@ -124,8 +139,23 @@ class ModelSpec:
         return self.vocab_size * self.hidden_size * (1 if self.is_tied_embeddings else 2)
 
     @property
+    def num_router_params(self) -> int:
+        """MoE routers: one [experts, hidden] matrix per layer (0 for a dense model)."""
+        return self.num_layers * self.num_experts * self.hidden_size if self.num_experts > 1 else 0
+
+    @property
     def num_params(self) -> int:
-        return self.num_block_linear_params + self.num_embedding_params
+        """Every weight matrix: blocks, routers, embeddings (norms left out: under 0.01%)."""
+        return self.num_block_linear_params + self.num_router_params + self.num_embedding_params
+
+    @property
+    def num_active_params(self) -> int:
+        """Parameters one token passes through: for MoE, its experts_per_tok experts' MLPs
+        only (Mixtral-8x7B: 12.9 B of 46.7 B); num_params for a dense model."""
+        num_mlp_matrices = 3 if self.is_gated_mlp else 2
+        idle_experts = self.num_experts - min(self.num_experts_per_tok, self.num_experts)
+        idle = self.num_layers * num_mlp_matrices * self.hidden_size * self.intermediate_size
+        return self.num_params - idle * idle_experts
 
     @property
     def ffn_per_token(self) -> int:
@@ -143,6 +173,12 @@ def _int(config: dict[str, Any], *keys: str) -> int:
 def _kv_heads(config: dict[str, Any]) -> int:
     value = config.get("num_key_value_heads")
     return int(value) if value else _int(config, "num_attention_heads", "n_head")
+
+
+def _gpt_bigcode_kv_heads(config: dict[str, Any], num_heads: int) -> int:
+    # As transformers' GPTBigCodeAttention: multi-query (StarCoder: one KV head, the
+    # default) or one KV head per query head; num_key_value_heads is never read.
+    return 1 if config.get("multi_query", True) else num_heads
 
 
 def _falcon_kv_heads(config: dict[str, Any], num_heads: int) -> int:

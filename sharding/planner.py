@@ -11,7 +11,11 @@ Everything is arithmetic on the config's dimensions; no weights are read. For ea
     KV/token  = 2 (K and V) * num_layers * (num_kv_heads / tp) * head_dim * kv_bytes
 
 ``num_bytes`` and ``unquantized_bytes`` come from sharding.hardware.DTYPES (fp8 quantizes
-only the block linears); act_bytes is the unquantized size. Workspace is the activation
+only the block linears); act_bytes is the unquantized size. With a weight ``quantization``
+(the engine's option: fp8, int8, int4) the weights are engine.quant.schemes.weight_bytes
+instead: fp8 one byte per block-linear weight, the embeddings in ``dtype``; int8/int4 1.125
+/ 0.625 bytes per weight (a float32 scale per 32) for every matrix, the embeddings too, as
+the engine quantizes them. Workspace is the activation
 peak of one prefill step: the residual stream and its normed
 copy (2 * hidden per token, replicated on every rank) plus the MLP's gate, up and product
 (3 * intermediate per token, sharded; for MoE ``ffn_per_token`` is experts_per_tok *
@@ -44,7 +48,8 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
 
-from engine.config import EngineConfig
+from engine.config import QUANTIZATION_CHOICES, EngineConfig
+from engine.quant.schemes import weight_bytes as quantized_weight_bytes
 from sharding.hardware import CardSpec, GiB, get_card, get_dtype
 from sharding.model_spec import ModelSpec
 
@@ -102,6 +107,7 @@ class Plan:
     candidates: tuple[Candidate, ...]
     tp_size: int | None
     is_tp_explicit: bool = False
+    quantization: str | None = None
 
     @property
     def chosen(self) -> Candidate | None:
@@ -226,6 +232,7 @@ def plan(
     cards_per_node: int = 8,
     kv_cache_dtype: str | None = None,
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    quantization: str | None = None,
 ) -> Plan:
     """Pick the smallest TP degree that holds the weights and concurrency * max_model_len
     tokens of KV cache on one node of ``card``; see the module docstring for the formulas.
@@ -233,14 +240,23 @@ def plan(
     model: a ModelSpec, a config dict, or a path to config.json or a model directory.
     card: a CardSpec or a name from sharding.hardware.CARDS (``cpu`` needs a CardSpec from
         ``get_card("cpu", cpu_memory_gb=...)``).
-    kv_cache_dtype: None = bfloat16 for fp8 weights (the usual fp8 recipe), else ``dtype``.
+    kv_cache_dtype: None (or the engine's "auto") = bfloat16 for dtype fp8 (the usual fp8
+        recipe), else ``dtype`` (as the engine does with any quantization); "fp8" = the
+        engine's FP8 KV cache, one byte an element.
+    quantization: the engine's weight quantization (None, fp8, int8, int4); the weights
+        are then sized as engine.quant.schemes.weight_bytes says (module docstring).
     tp_size: evaluate this degree instead of choosing; raises ValueError when it is not a
         valid degree (the message lists the valid ones).
     """
     spec = _as_model_spec(model)
     card_spec = card if isinstance(card, CardSpec) else get_card(card)
     get_dtype(dtype)
-    kv_cache_dtype = kv_cache_dtype or ("bfloat16" if dtype == "fp8" else dtype)
+    if quantization not in QUANTIZATION_CHOICES:
+        raise ValueError(
+            f"quantization must be one of {list(QUANTIZATION_CHOICES)}, got {quantization!r}"
+        )
+    if kv_cache_dtype in (None, "auto"):
+        kv_cache_dtype = "bfloat16" if dtype == "fp8" else dtype  # the engine's "auto"
     get_dtype(kv_cache_dtype, field="kv_cache_dtype")
     _check_positive(max_model_len=max_model_len, concurrency=concurrency)
     _check_positive(cards_per_node=cards_per_node, max_num_batched_tokens=max_num_batched_tokens)
@@ -259,6 +275,7 @@ def plan(
         memory_utilization=memory_utilization,
         cards_per_node=cards_per_node,
         max_num_batched_tokens=max_num_batched_tokens,
+        quantization=quantization,
     )
     candidates = tuple(
         _evaluate(spec, card_spec, tp, **settings) for tp in _powers_of_two(cards_per_node)
@@ -288,19 +305,26 @@ def _evaluate(
     memory_utilization: float,
     cards_per_node: int,
     max_num_batched_tokens: int,
+    quantization: str | None,
 ) -> Candidate:
     invalid = _invalid_reason(model, tp, cards_per_node)
     if invalid is not None:
         return Candidate(tp, Verdict.INVALID_HEADS, invalid)
     weights = get_dtype(dtype)
     budget = memory_utilization * card.memory_bytes / (tp if card.is_host_memory else 1)
-    weight_bytes = math.ceil(
-        (
+    if quantization is None:
+        model_weight_bytes = (
             model.num_block_linear_params * weights.num_bytes
             + model.num_embedding_params * weights.unquantized_bytes
         )
-        / tp
-    )
+    else:
+        model_weight_bytes = quantized_weight_bytes(
+            quantization,
+            model.num_block_linear_params,
+            model.num_embedding_params,
+            weights.unquantized_bytes,
+        )
+    weight_bytes = math.ceil(model_weight_bytes / tp)
     # Activation peak of one prefill step plus the logits (module docstring).
     activation_elems = 2 * model.hidden_size + 3 * model.ffn_per_token // tp
     workspace_bytes = (

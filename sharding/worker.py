@@ -72,6 +72,9 @@ class RankSpec:
     address: GroupAddress
     group_accelerator_ids: tuple[str, ...]  # every rank's card, in rank order
     timeout_s: float  # process-group rendezvous and collectives
+    kv_cache_dtype: str = "auto"  # an EngineConfig.kv_cache_dtype: auto | fp8
+    quantization: str | None = None  # an EngineConfig.quantization: None | fp8 | int8 | int4
+    quantization_stats: str | None = None  # INC's FP8 measurement (fp8 on hpu)
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ class TPWorker:
         return RankPlacement(ctx.get_node_id(), os.getpid(), find_free_port(), card_ids)
 
     def setup(self, spec: RankSpec) -> RankSetup:
-        """Join the group, build the model on meta, shard it, load this rank's slices."""
+        """Join the group, build the model on meta, shard it, load this rank's slices,
+        quantize them when the spec says so (sharding.quantize)."""
         self.address = spec.address
         torch.set_num_threads(max(1, _num_cores() // self.tp_size))
         device = get_device(spec.device_name, self._expose_group_cards(spec))
@@ -143,8 +147,13 @@ class TPWorker:
         hf_config = load_config(spec.model_path)
         dtype = resolve_dtype(spec.dtype_name, hf_config, device)
         model, load = self._load_shard(spec.model_path, hf_config, dtype)
-        kv_spec = KVSpec.from_config(hf_config, dtype, self.tp_size)
-        model = device.prepare_model(model.to(device.torch_device))
+        model = model.to(device.torch_device)
+        if spec.quantization is not None:
+            from sharding.quantize import quantize_shard
+
+            model = quantize_shard(model, spec.quantization, dtype, spec.quantization_stats)
+        kv_spec = KVSpec.from_config(hf_config, dtype, self.tp_size, spec.kv_cache_dtype)
+        model = device.prepare_model(model)
         self.runner = ModelRunner(model, device, kv_spec, spec.block_size)
         return RankSetup(kv_spec, device.default_kv_memory_fraction, device.graph_kinds, load)
 

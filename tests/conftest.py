@@ -33,6 +33,23 @@ FAMILY_CONFIGS = {
     "qwen3": ("Qwen3Config", {"head_dim": 16}),
     "gemma": ("GemmaConfig", {"head_dim": 16}),
     "phi3": ("Phi3Config", {"pad_token_id": 0}),
+    "mixtral": ("MixtralConfig", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    # the new decoder architecture (40B/180B): 2 KV groups, as tiny_config's shared
+    # num_key_value_heads says (FalconConfig reads num_kv_heads; engine.models.falcon checks)
+    "falcon": (
+        "FalconConfig",
+        {"new_decoder_architecture": True, "num_kv_heads": 2, "ffn_hidden_size": 128},
+    ),
+    # a window shorter than the longest test prompt, so the window mask is exercised
+    "starcoder2": ("Starcoder2Config", {"sliding_window": 24}),
+    # multi-query (1 KV head) as StarCoder ships; the MLP width is n_inner, not
+    # intermediate_size, and num_key_value_heads must agree with multi_query
+    "gpt_bigcode": (
+        "GPTBigCodeConfig",
+        {"multi_query": True, "num_key_value_heads": 1, "n_inner": 128},
+    ),
+    # Phi-2's shape: full multi-head attention, 40% of each head rotated
+    "phi": ("PhiConfig", {"num_key_value_heads": 4, "partial_rotary_factor": 0.4}),
 }
 FAMILIES = list(FAMILY_CONFIGS)
 

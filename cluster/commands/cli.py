@@ -25,6 +25,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("trace", "write or import request traces (JSONL) for simulate and replay"),
     "simulate": ("simulate", "simulate a fleet of replicas over a trace in virtual time"),
     "replay": ("replay", "drive a running server with a trace and summarize what it measured"),
+    "quantize": (
+        "quantize",
+        "measure a model's FP8 statistics for Gaudi (Intel Neural Compressor)",
+    ),
 }
 
 

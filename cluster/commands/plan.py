@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kv-cache-dtype", default=None, help="default: bfloat16 for fp8 weights, else --dtype"
     )
     parser.add_argument(
+        "--quantization",
+        choices=["int8", "int4", "fp8"],
+        default=None,
+        help="the engine's weight quantization (a model's `quantization`); default: none",
+    )
+    parser.add_argument(
         "--max-model-len", type=int, default=default["max_model_len"], help="tokens per sequence"
     )
     parser.add_argument(
@@ -95,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
                 memory_utilization=args.memory_utilization,
                 cards_per_node=args.cards_per_node,
                 max_num_batched_tokens=args.max_num_batched_tokens,
+                quantization=args.quantization,
             )
             for model in models
             for card in cards
@@ -138,7 +145,9 @@ def format_report(result: Plan) -> str:
             else f"{result.cards_per_node} per node"
         ),
         f"target {result.concurrency} x {result.max_model_len:,} tokens = "
-        f"{result.num_tokens_needed:,} KV tokens; weights {result.dtype}, KV "
+        f"{result.num_tokens_needed:,} KV tokens; weights {result.dtype}"
+        + (f" ({result.quantization} quantized)" if result.quantization else "")
+        + ", KV "
         f"{result.kv_cache_dtype}; memory_utilization {result.memory_utilization:.2f}",
         "",
         f"{'tp':>3}  {'weights/card':>12}  {'workspace':>10}  {'KV/token':>9}  "

@@ -59,12 +59,14 @@ class DraftProposer:
         dtype_name: str,
         shaper: StepShaper,
         strict_shapes: bool,
+        kv_cache_dtype: str = "auto",
     ):
         self.path = draft_path
         self.hf_config = load_config(draft_path)
         self.device = device
         dtype = resolve_dtype(dtype_name, self.hf_config, self.device)
-        self.kv_spec = KVSpec.from_config(self.hf_config, dtype)
+        # the engine's kv_cache_dtype: the draft's cache mirrors the target's, fp8 included
+        self.kv_spec = KVSpec.from_config(self.hf_config, dtype, kv_cache_dtype=kv_cache_dtype)
         model = load_model(draft_path, dtype, self.device.torch_device)
         self.shaper = shaper
         self.block_size = shaper.block_size

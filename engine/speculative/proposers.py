@@ -43,7 +43,12 @@ def create_proposer(
         )
     device = getattr(executor, "device", None) or get_device(engine_config.device)
     draft = DraftProposer(
-        draft_path, device, engine_config.dtype, shaper, engine_config.strict_shapes
+        draft_path,
+        device,
+        engine_config.dtype,
+        shaper,
+        engine_config.strict_shapes,
+        kv_cache_dtype=engine_config.kv_cache_dtype,
     )
     if config.method == "hybrid":
         from engine.speculative.hybrid import HybridProposer

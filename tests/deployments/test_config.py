@@ -178,7 +178,7 @@ def test_unknown_model_key_lists_the_model_keys():
     (problem,) = problems_of(one_model(max_num_seqs=8))
     assert problem == (
         "models.0.max_num_seqs: unknown key (allowed: name, path, tokenizer, device, dtype, "
-        "tp_size, engine, speculative, serve)"
+        "tp_size, quantization, quantization_stats, kv_cache_dtype, engine, speculative, serve)"
     )
 
 

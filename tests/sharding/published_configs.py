@@ -1,4 +1,4 @@
-"""config.json of six public models, written from their published dimensions (no weights).
+"""config.json of nine public models, written from their published dimensions (no weights).
 
 The dicts repeat the fields of each model's config.json on the Hugging Face Hub that decide
 its size; `write_configs(root)` writes them as root/<name>/config.json. Run as a script to
@@ -111,6 +111,60 @@ PUBLISHED_CONFIGS: dict[str, dict] = {
         "torch_dtype": "bfloat16",
         "vocab_size": 65024,
     },
+    # StarCoder2's MLP is c_fc/c_proj (not gated); its lm_head is its own matrix.
+    "StarCoder2-15B": {
+        "architectures": ["Starcoder2ForCausalLM"],
+        "model_type": "starcoder2",
+        "hidden_act": "gelu_pytorch_tanh",
+        "hidden_size": 6144,
+        "intermediate_size": 24576,
+        "max_position_embeddings": 16384,
+        "norm_epsilon": 1e-05,
+        "num_attention_heads": 48,
+        "num_hidden_layers": 40,
+        "num_key_value_heads": 4,
+        "rope_theta": 100000,
+        "sliding_window": 4096,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "use_bias": True,
+        "vocab_size": 49152,
+    },
+    # The original StarCoder (gpt_bigcode): GPT-2 key names, multi-query attention (one KV
+    # head), the MLP width in n_inner; lm_head tied to the embedding (the class default).
+    "StarCoder": {
+        "architectures": ["GPTBigCodeForCausalLM"],
+        "model_type": "gpt_bigcode",
+        "activation_function": "gelu",
+        "layer_norm_epsilon": 1e-05,
+        "multi_query": True,
+        "n_embd": 6144,
+        "n_head": 48,
+        "n_inner": 24576,
+        "n_layer": 40,
+        "n_positions": 8192,
+        "torch_dtype": "float32",
+        "vocab_size": 49152,
+    },
+    # Phi-2: full multi-head attention with 40% of each head rotated, fc1/fc2 MLP.
+    "Phi-2": {
+        "architectures": ["PhiForCausalLM"],
+        "model_type": "phi",
+        "hidden_act": "gelu_new",
+        "hidden_size": 2560,
+        "intermediate_size": 10240,
+        "layer_norm_eps": 1e-05,
+        "max_position_embeddings": 2048,
+        "num_attention_heads": 32,
+        "num_hidden_layers": 32,
+        "num_key_value_heads": 32,
+        "partial_rotary_factor": 0.4,
+        "qk_layernorm": False,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float16",
+        "vocab_size": 51200,
+    },
 }
 
 # Parameter counts the model cards and papers publish, in billions.
@@ -121,6 +175,9 @@ PUBLISHED_NUM_PARAMS_B: dict[str, float] = {
     "Mixtral-8x7B": 46.7,
     "Qwen2-72B": 72.7,
     "Falcon-180B": 179.5,
+    "StarCoder2-15B": 16.0,  # the Hub's count of the safetensors (the card says 15 B)
+    "StarCoder": 15.5,
+    "Phi-2": 2.78,  # the Hub's count (Microsoft's announcement rounds to 2.7 B)
 }
 
 

@@ -1,4 +1,4 @@
-"""The TP planner on six public models' config.json files (written from their published
+"""The TP planner on nine public models' config.json files (written from their published
 dimensions), its refusals, and `gaudi-serve plan`.
 
 Each expected TP degree is reasoned from arithmetic in a comment. Shorthands: budget =
@@ -55,6 +55,58 @@ def test_config_quirks_are_read(specs, model_dirs):
     assert ModelSpec.from_path(model_dirs["Llama-3.1-8B"] / "config.json") == llama
     from_dict = ModelSpec.from_config(PUBLISHED_CONFIGS["Llama-3.1-8B"], name="Llama-3.1-8B")
     assert from_dict == llama
+
+
+def test_mixtral_total_and_active_parameters_match_the_published_figures(specs):
+    """Mixtral-8x7B: 46.7 B parameters, 12.9 B used per token (2 of its 8 experts), the
+    routers (one 8 x 4096 matrix per layer) counted in both; a dense model's are equal."""
+    mixtral = specs["Mixtral-8x7B"]
+    assert mixtral.num_router_params == 32 * 8 * 4096
+    assert mixtral.num_params == pytest.approx(46.7e9, rel=0.001)
+    assert mixtral.num_active_params == pytest.approx(12.9e9, rel=0.002)
+    llama = specs["Llama-3.1-8B"]
+    assert llama.num_router_params == 0 and llama.num_active_params == llama.num_params
+
+
+def test_code_and_phi_family_quirks_are_read(specs):
+    # StarCoder (gpt_bigcode): GPT-2 key names, multi-query (one KV head: tp 1 only), the
+    # MLP width in n_inner, two MLP matrices, lm_head tied by the class default.
+    sc = specs["StarCoder"]
+    assert (sc.num_layers, sc.hidden_size, sc.num_attention_heads) == (40, 6144, 48)
+    assert (sc.num_kv_heads, sc.head_dim, sc.intermediate_size) == (1, 128, 24576)
+    assert sc.is_tied_embeddings and not sc.is_gated_mlp
+    assert sc.max_position_embeddings == 8192
+    assert valid_tp_sizes(sc) == [1]
+    multi_head = ModelSpec.from_config({**PUBLISHED_CONFIGS["StarCoder"], "multi_query": False})
+    assert multi_head.num_kv_heads == 48
+    # StarCoder2 and Phi-2 count two MLP matrices (c_fc/c_proj, fc1/fc2), not three.
+    starcoder2, phi2 = specs["StarCoder2-15B"], specs["Phi-2"]
+    assert (starcoder2.num_kv_heads, starcoder2.is_gated_mlp) == (4, False)
+    assert (phi2.num_kv_heads, phi2.head_dim, phi2.is_gated_mlp) == (32, 80, False)
+    assert not starcoder2.is_tied_embeddings and not phi2.is_tied_embeddings
+
+
+@pytest.mark.parametrize("model_type", list(FAMILIES))
+def test_every_engine_family_is_sized_as_the_engine_builds_it(model_type):
+    """The planner reads each registered family's config.json as the engine runs it: the
+    same KV heads as the engine's cache, and the parameters of the model transformers
+    builds (matrices only: norms and biases are not modelled, nor is StarCoder's learned
+    position embedding)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.loader import KVSpec
+    from tests.conftest import tiny_config
+
+    config = tiny_config(model_type)
+    spec = ModelSpec.from_config(config.to_dict())
+    assert spec.num_kv_heads == KVSpec.from_config(config, torch.float32).num_kv_heads
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    num_matrix_params = sum(
+        p.numel() for name, p in model.named_parameters() if p.dim() >= 2 and "wpe" not in name
+    )
+    assert spec.num_params == pytest.approx(num_matrix_params, rel=0.01)
 
 
 def test_the_planner_sizes_every_dtype_the_engine_runs():
@@ -285,6 +337,20 @@ def test_cli_report(model_dirs, capsys):
     assert "tp 1: weights 131.4 GiB" in out
 
 
+def test_cli_quantization_sizes_the_weights_with_the_quantized_bytes(model_dirs, capsys):
+    model = str(model_dirs["Llama-3.1-70B"])
+    assert main(["plan", "--model", model, "--card", "gaudi2", "--tp", "2", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    args = ["plan", "--model", model, "--card", "gaudi2", "--tp", "2", "--quantization", "int4"]
+    assert main([*args, "--json"]) == 0
+    int4 = json.loads(capsys.readouterr().out)
+    assert int4["quantization"] == "int4"
+    weights = [c["weight_bytes_per_card"] for c in (plain["candidates"][1], int4["candidates"][1])]
+    assert weights[1] < 0.35 * weights[0]  # 4 bits + a float32 scale per 32 vs 16 bits
+    assert main(args) == 0
+    assert "weights bfloat16 (int4 quantized)" in capsys.readouterr().out
+
+
 def test_cli_exit_codes(model_dirs, capsys):
     model_405b = str(model_dirs["Llama-3.1-405B"])
     assert main(["plan", "--model", model_405b, "--card", "h100"]) == 1
@@ -325,3 +391,51 @@ def test_cli_json_in_a_subprocess(model_dirs):
     assert (result["tp_size"], result["is_fit"], result["num_replicas_per_node"]) == (2, True, 4)
     assert [c["verdict"] for c in result["candidates"]][:2] == ["weights do not fit", "fits"]
     assert result["num_params"] == pytest.approx(46.7e9, rel=0.01)
+
+
+# -- weight quantization and the FP8 KV cache (engine.quant) ------------------------------
+def test_quantized_weights_are_the_bytes_the_engine_loads():
+    """int8/int4 size every matrix at 1.125/0.625 bytes a weight (a float32 scale per 32),
+    as the engine stores them; the bundled model, measured loaded in the engine: fp32
+    21,902,592 B, int8 6,169,856 B, int4 3,433,728 B (the gap: 13,312 B of norms)."""
+    from engine.assets import default_model_path
+
+    path = default_model_path("pycoder")
+    sizes = {
+        q: plan(path, "h100", dtype="float32", quantization=q).candidates[0].weight_bytes_per_card
+        for q in (None, "int8", "int4")
+    }
+    assert sizes == {None: 21_889_024, "int8": 6_156_288, "int4": 3_420_160}
+    assert sizes["int8"] <= 0.3 * sizes[None]
+
+
+def test_fp8_weights_quantize_the_block_linears_only(specs):
+    llama = specs["Llama-3.1-70B"]
+    as_dtype = plan(llama, "h100", dtype="fp8")
+    as_quantization = plan(llama, "h100", dtype="bfloat16", quantization="fp8")
+    assert as_quantization.candidates[1].weight_bytes_per_card == pytest.approx(
+        as_dtype.candidates[1].weight_bytes_per_card
+    )
+    assert as_quantization.kv_cache_dtype == "bfloat16"  # the engine's auto: the dtype
+
+
+def test_int4_weights_fit_llama_70b_on_one_h100(specs):
+    # 70.55e9 params * 0.625 B = 41.1 GiB of weights < 72 GiB budget: tp 1 (bf16 needs tp 2)
+    llama = specs["Llama-3.1-70B"]
+    assert plan(llama, "h100", dtype="bfloat16", max_model_len=8192).tp_size == 2
+    int4 = plan(llama, "h100", dtype="bfloat16", quantization="int4", max_model_len=8192)
+    assert int4.tp_size == 1 and int4.quantization == "int4"
+
+
+def test_fp8_kv_cache_halves_the_bytes_per_token(specs):
+    llama = specs["Llama-3.1-8B"]
+    auto = plan(llama, "h100", dtype="bfloat16", kv_cache_dtype="auto")
+    fp8 = plan(llama, "h100", dtype="bfloat16", kv_cache_dtype="fp8")
+    assert auto.kv_cache_dtype == "bfloat16"
+    per_token = [p.candidates[0].kv_bytes_per_token_per_card for p in (auto, fp8)]
+    assert per_token[0] == 2 * per_token[1]
+
+
+def test_an_unknown_quantization_names_the_field(specs):
+    with pytest.raises(ValueError, match=r"quantization must be one of \[None, 'fp8', 'int8'"):
+        plan(specs["Llama-3.1-8B"], "h100", quantization="int3")
