@@ -4,10 +4,12 @@
 in flight (`InFlight`), the prompts in flight (whose blocks the replica is computing and
 will hold, before its events say so) and a step-time model (`StepTimeModel`). `rank`
 hashes a prompt with the engine's own block hash, builds each candidate's view and
-applies the pure policy (autoscale/routing_policy.py); `on_routed` counts the request in
-where it was sent and `on_finished` out. `choose` does both at once. It does no I/O and
-never blocks: a Ray Serve request router (autoscale/serve_router.py) calls it from its
-async `choose_replicas` and feeds it `ReplicaUpdate`s, first tokens and completions.
+applies the pure policy (autoscale/routing_policy.py); a prompt's images (its
+`MultiModalInput`) go into the hashes of the blocks they overlap, as the engine's do.
+`on_routed` counts the request in where it was sent and `on_finished` out. `choose` does
+both at once. It does no I/O and never blocks: a Ray Serve request router
+(autoscale/serve_router.py) calls it from its async `choose_replicas` and feeds it
+`ReplicaUpdate`s, first tokens and completions.
 
 Prompts in flight count as cached on their replica: a burst of requests sharing a new
 prefix goes where the first of them is computing it, instead of each landing on a replica
@@ -19,7 +21,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Hashable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from autoscale.inflight import InFlight
 from autoscale.prefix_index import PrefixIndex
@@ -33,6 +35,9 @@ from autoscale.routing_policy import (
 )
 from autoscale.step_time import StepTimeModel
 from engine import prefix_block_hashes
+
+if TYPE_CHECKING:
+    from engine import MultiModalInput
 
 
 class Ranking(NamedTuple):
@@ -109,19 +114,27 @@ class KvAwareRouting:
         prompt_token_ids: Sequence[int] | None,
         replicas: Sequence[Hashable],
         num_prompt_tokens: int | None = None,
+        multi_modal: MultiModalInput | None = None,
     ) -> Ranking:
         """Every candidate for the prompt, best first (counts nothing in). A prompt whose
         ids are unknown (None: a caller sent text) is ranked by load alone, as
-        num_prompt_tokens tokens that no replica holds."""
+        num_prompt_tokens tokens that no replica holds. `multi_modal`: the prompt's images,
+        whose hashes go into the blocks they overlap, as the engine's do."""
         if prompt_token_ids is None:
             n, hashes = max(1, num_prompt_tokens or 1), ()
         else:
             n = len(prompt_token_ids)
             if n < 1:
                 raise ValueError("prompt_token_ids must hold at least one token, got none")
+            extra_keys = None
+            if multi_modal is not None:
+                extra_keys = multi_modal.block_extra_keys(n, self.block_size)
             hashes = tuple(
                 prefix_block_hashes(
-                    prompt_token_ids, self.block_size, num_blocks=(n - 1) // self.block_size
+                    prompt_token_ids,
+                    self.block_size,
+                    num_blocks=(n - 1) // self.block_size,
+                    extra_keys=extra_keys,
                 )
             )
         matched = self.index.match(hashes) if hashes else {}
@@ -185,10 +198,11 @@ class KvAwareRouting:
         prompt_token_ids: Sequence[int],
         replicas: Sequence[Hashable],
         num_output_tokens: int = 0,
+        multi_modal: MultiModalInput | None = None,
     ) -> RoutingDecision:
         """Pick one of replicas for the prompt and count the request in flight there.
         The caller reports `on_first_token` / `on_finished` for request_id."""
-        ranking = self.rank(prompt_token_ids, replicas)
+        ranking = self.rank(prompt_token_ids, replicas, multi_modal=multi_modal)
         self.on_routed(request_id, ranking.decision.replica, ranking, num_output_tokens)
         return ranking.decision
 

@@ -236,7 +236,9 @@ class KvAwareRequestRouter(ExactMatchMixin, RequestRouter):
     def _rank_generate(self, pending: PendingRequest, keys: list[str]) -> list[str]:
         ids = prompt_token_ids(pending)
         estimate = None if ids is not None else _text_length(pending) // CHARS_PER_TOKEN
-        ranking = self.routing.rank(ids, keys, num_prompt_tokens=estimate)
+        # images count in the prefix hashes as the engine counts them (MultiModalInput)
+        multi_modal = pending.kwargs.get("multi_modal")
+        ranking = self.routing.rank(ids, keys, num_prompt_tokens=estimate, multi_modal=multi_modal)
         self._unrouted[id(pending)] = (pending, ranking)
         while len(self._unrouted) > MAX_UNROUTED:
             self._unrouted.popitem(last=False)

@@ -102,6 +102,17 @@ class ModelInfo:
     vocab_size: int
     has_chat_template: bool
     tokenizer_path: str | None = None  # the folder the replicas' tokenizer came from
+    # what stands for an image in a prompt's text (e.g. "<image>"); None: a text-only model
+    image_placeholder: str | None = None
+
+    @property
+    def takes_images(self) -> bool:
+        return self.image_placeholder is not None
+
+    @property
+    def input_modalities(self) -> list[str]:
+        """What its prompts may hold: ["text"] or ["text", "image"]."""
+        return ["text", "image"] if self.takes_images else ["text"]
 
     @property
     def tokenizer_dir(self) -> str:

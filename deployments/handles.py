@@ -35,6 +35,7 @@ from deployments.generation import (
     InvalidRequestError,
     ModelInfo,
 )
+from deployments.images import DEFAULT_IMAGE_LIMITS, ImageSource, load_images
 from deployments.prompt_ids import PromptIds
 from deployments.protocol import ApiError
 from deployments.step_fanout import StepFanout, StepStreamEnded
@@ -72,6 +73,7 @@ class ModelTable:
         self.default_model = default_model or next(iter(handles))
         self._infos: dict[str, ModelInfo] = {}
         self.prompt_ids = PromptIds()
+        self.image_limits = DEFAULT_IMAGE_LIMITS
         # Models whose chunks may travel on step streams (None: all); a step stream holds
         # one of its replica's max_ongoing_requests slots.
         names = handles if step_stream_models is None else step_stream_models
@@ -126,15 +128,32 @@ class ModelTable:
         model: str,
         prompt: str | list[int] | None = None,
         *,
-        messages: list[dict[str, str]] | None = None,
+        messages: list[dict[str, Any]] | None = None,
         truncate: int | None = None,
+        images: list[Any] | None = None,
     ) -> dict[str, Any]:
-        """The prompt arguments of the model's generate call: `{"prompt": token ids}`, as
-        its engine would compute them (deployments.prompt_ids; raises ApiError)."""
+        """The prompt arguments of the model's generate call: `{"prompt": token ids}` (and
+        `"multi_modal"` with images), as its engine would compute them
+        (deployments.prompt_ids; raises ApiError)."""
         info = await self.info(model)
         return await self.prompt_ids.generate_kwargs(
-            info, prompt, messages=messages, truncate=truncate
+            info, prompt, messages=messages, truncate=truncate, images=images
         )
+
+    async def images(self, model: str, sources: list[ImageSource]) -> list[Any] | None:
+        """The decoded images of a request to `model` (None without any); ApiError 400
+        naming the model when it takes text only, or naming the image that is bad
+        (deployments.images)."""
+        if not sources:
+            return None
+        info = await self.info(model)
+        if not info.takes_images:
+            message = (
+                f"model {model!r} takes text only (see input_modalities in /v1/models), "
+                f"and {sources[0].field} is an image"
+            )
+            raise ApiError(400, message, sources[0].field, code="model_takes_text_only")
+        return await load_images(sources, self.image_limits)
 
 
 class SampleStream:

@@ -13,6 +13,10 @@ The ingress loads no model weights. It loads each model's tokenizer, on first us
 sends prompts as token ids, chat template and truncation applied (deployments.prompt_ids),
 so a router sees the tokens a replica will prefill; where the tokenizer's folder is not on
 this node, prompts go as text and the replicas tokenize them. Replicas count the tokens.
+Images (a chat's image_url parts, TGI's `![](url)`) are fetched and decoded here
+(deployments.images) and processed with the model's own processor, so the prompt's ids
+and the image hashes reach the router; /v1/models (`input_modalities`) and /info
+(`model_pipeline_tag`) say which models take them.
 """
 
 # NOTE: no `from __future__ import annotations` here: FastAPI must see the route methods'
@@ -149,7 +153,12 @@ class Ingress:
         except ApiError as error:
             return _error_response(error, is_tgi=False)
         cards = [
-            ModelCard(id=i.name, max_model_len=i.max_model_len, vocab_size=i.vocab_size)
+            ModelCard(
+                id=i.name,
+                max_model_len=i.max_model_len,
+                vocab_size=i.vocab_size,
+                input_modalities=i.input_modalities,
+            )
             for i in infos
         ]
         return Response(ModelList(data=cards).to_json(), media_type="application/json")

@@ -3,8 +3,10 @@
 Each choice is its own engine request: a request with P prompts and n samples opens
 P * n streams, choice `index = prompt_index * n + sample_index`, sample i seeded
 `seed + i` (`params_for_sample`). Prompts and chat messages go to the model as token ids
-(`ModelTable.prompt_kwargs`). Streamed answers are server-sent events ending with
-`data: [DONE]`; with stream_options.include_usage a last chunk carries the usage.
+(`ModelTable.prompt_kwargs`); a chat's image_url parts are fetched and decoded here
+(deployments.images) and go with them, processed. Streamed answers are server-sent
+events ending with `data: [DONE]`; with stream_options.include_usage a last chunk
+carries the usage.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from deployments.handles import (
     merge,
     open_all,
 )
+from deployments.images import ImageSource
 from deployments.protocol import (
     SSE_DONE,
     ApiError,
@@ -108,7 +111,9 @@ async def chat_completions(
 ) -> Response:
     info = await table.info(model)
     params = request.to_sampling_params(default_max_tokens=info.max_model_len)
-    inputs = [await table.prompt_kwargs(model, messages=request.conversation())]
+    sources = [ImageSource(url, field) for field, url in request.image_urls()]
+    images = await table.images(model, sources)
+    inputs = [await table.prompt_kwargs(model, messages=request.conversation(), images=images)]
     streams = _open_streams(table, model, inputs, request.n, params, on_done)
     await open_all(streams)
     response_id = new_id("chatcmpl")

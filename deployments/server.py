@@ -42,12 +42,15 @@ from deployments.generation import (
     ModelInfo,
     TopToken,
 )
+from deployments.prompt_ids import process_images
 from deployments.step_streams import StepStream, StepStreams
 from engine import (
     AsyncEngine,
     EmptyPromptError,
     EngineDeadError,
     ExecutorFactory,
+    MultiModalInput,
+    MultiModalProcessor,
     PromptTooLongError,
     RequestDelta,
     SamplingParams,
@@ -82,6 +85,9 @@ class LLMServer:
         )
         self._feed.request_snapshot = self.engine.engine.request_block_snapshot
         self._info = self.engine.info()
+        # The model's image processor (None: text only), for prompts whose images the
+        # ingress could not process (deployments.prompt_ids).
+        self._processor = MultiModalProcessor.load(self._info.model_path)
         self._probe_timeout_s = model.serve.health_check_timeout_s * HEALTH_PROBE_TIMEOUT_SHARE
         self._throughput = _RateMeter(THROUGHPUT_WINDOW_S)
         self._step_streams = StepStreams()
@@ -108,19 +114,30 @@ class LLMServer:
         messages: list[dict[str, str]] | None = None,
         truncate: int | None = None,
         session: str | None = None,
+        multi_modal: MultiModalInput | None = None,
+        images: list[Any] | None = None,
     ) -> AsyncIterator[GenerationChunk | Handoff]:
         """Stream a generation. Give `prompt` (text or token ids) or chat `messages` (the
         model's chat template is applied here). `truncate` keeps the last N prompt tokens.
-        Raises InvalidRequestError (naming the input) before the first chunk for bad input,
-        EngineUnavailableError if the engine fails. Closing the stream early aborts the
-        request and frees its KV blocks. With the `session` of a step stream open on this
-        replica, the first chunk is followed by a Handoff and the rest travel on the step
-        stream (deployments.step_streams)."""
+        A prompt with images comes as token ids with their processed `multi_modal` (the
+        ingress processed them), or as text or messages with the PIL `images`, processed
+        here. Raises InvalidRequestError (naming the input) before the first chunk for bad
+        input, EngineUnavailableError if the engine fails. Closing the stream early aborts
+        the request and frees its KV blocks. With the `session` of a step stream open on
+        this replica, the first chunk is followed by a Handoff and the rest travel on the
+        step stream (deployments.step_streams)."""
         try:
-            prompt_input = self._prepare_prompt(prompt, messages, truncate)
+            if images:
+                prompt_input, multi_modal = await self._process_images(
+                    prompt, messages, truncate, images
+                )
+            else:
+                prompt_input = self._prepare_prompt(prompt, messages, truncate)
             params = params or SamplingParams()
             request_id = request_id or f"req-{uuid.uuid4().hex}"
-            stream = self._autoscaling.timed(self.engine.generate(prompt_input, params, request_id))
+            stream = self._autoscaling.timed(
+                self.engine.generate(prompt_input, params, request_id, multi_modal=multi_modal)
+            )
             # aclosing: a consumer that goes away (GeneratorExit at our yield) still closes
             # the engine's stream, which aborts the request.
             chunks = self._chunks(stream)
@@ -176,6 +193,22 @@ class LLMServer:
             ids = self.engine.encode(prompt) if isinstance(prompt, str) else prompt
             prompt = ids[-truncate:]
         return prompt
+
+    async def _process_images(
+        self,
+        prompt: str | list[int] | None,
+        messages: list[dict[str, Any]] | None,
+        truncate: int | None,
+        images: list[Any],
+    ) -> tuple[list[int], MultiModalInput]:
+        if self._processor is None:
+            message = f"model {self.model.name!r} takes text only: it cannot take images"
+            raise InvalidRequestError(message, "images")
+        if (prompt is None) == (messages is None):
+            raise InvalidRequestError("give exactly one of prompt and messages", "prompt")
+        return await asyncio.to_thread(
+            process_images, self._processor, prompt, messages, images, truncate
+        )
 
     async def step_stream(
         self, session: str
@@ -260,6 +293,9 @@ class LLMServer:
             vocab_size=info.vocab_size,
             has_chat_template=info.chat_template is not None,
             tokenizer_path=str(self.model.tokenizer or info.model_path),
+            image_placeholder=None
+            if self._processor is None
+            else self._processor.image_placeholder,
         )
 
     async def profile(

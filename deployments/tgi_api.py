@@ -3,7 +3,9 @@
 non-streamed answer is a one-element list) and /info.
 
 TGI requests name no model: they go to the app's default model (the first in the config)
-unless the query string picks another (`/generate?model=NAME`).
+unless the query string picks another (`/generate?model=NAME`). Markdown images in
+`inputs` (`![](url)`, deployments.protocol.tgi) are fetched and decoded here
+(deployments.images) and stand as the model's image placeholder in the prompt.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from deployments.handles import (
     merge,
     open_all,
 )
+from deployments.images import ImageSource
 from deployments.protocol import (
     Details,
     GenerateRequest,
@@ -37,6 +40,8 @@ from deployments.protocol import (
 
 SSE_MEDIA_TYPE = "text/event-stream"
 VERSION = "gaudi-serve-0.1.0"
+TEXT_PIPELINE_TAG = "text-generation"
+IMAGE_PIPELINE_TAG = "image-text-to-text"
 
 
 async def generate(
@@ -85,7 +90,13 @@ async def generate_stream(
 async def _open(
     table: ModelTable, model: str, request: GenerateRequest, on_done: OnSampleDone
 ) -> SampleStream:
-    prompt = await table.prompt_kwargs(model, request.inputs, truncate=request.parameters.truncate)
+    sources = [ImageSource(url, field) for field, url in request.image_urls()]
+    images = await table.images(model, sources)
+    inputs = request.inputs
+    if images:
+        inputs = request.prompt_with((await table.info(model)).image_placeholder)
+    truncate = request.parameters.truncate
+    prompt = await table.prompt_kwargs(model, inputs, truncate=truncate, images=images)
     stream = table.sample_stream(
         model, 0, on_done, params=request.to_sampling_params(), request_id=new_id("tgi"), **prompt
     )
@@ -133,9 +144,11 @@ def _finish_event(
 
 
 def info(model: ModelInfo, max_concurrent_requests: int) -> Info:
-    """The /info answer for one model."""
+    """The /info answer for one model; a model that takes images has the Hugging Face Hub's
+    pipeline tag of vision-language models, "image-text-to-text"."""
     return Info(
         model_id=model.name,
+        model_pipeline_tag=IMAGE_PIPELINE_TAG if model.takes_images else TEXT_PIPELINE_TAG,
         model_dtype=model.dtype,
         model_device_type=model.device,
         max_concurrent_requests=max_concurrent_requests,

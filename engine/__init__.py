@@ -77,6 +77,10 @@ _EXPORTS = {
     "PromptEncoder": "engine.prompt_encoder",
     "load_prompt_encoder": "engine.prompt_encoder",
     "truncate_prompt": "engine.prompt_encoder",
+    # images in prompts (multimodal models): the processed images of a request and the
+    # model's processor that makes them (the names load no torch; `load` loads transformers)
+    "MultiModalInput": "engine.multimodal",
+    "MultiModalProcessor": "engine.multimodal",
     # profiling a live replica (deployments/debug_profile.py)
     "ProfileBusyError": "engine.profiling.session",
 }

@@ -22,6 +22,7 @@ from engine.engine_info import EngineInfo
 from engine.errors import EngineDeadError
 from engine.executor import ExecutorFactory
 from engine.llm_engine import Engine
+from engine.multimodal import MultiModalInput
 from engine.outputs import RequestDelta
 from engine.prompt_encoder import PromptEncoder
 from engine.sampling_params import SamplingParams
@@ -91,7 +92,7 @@ class AsyncEngine:
             tp_size=config.tp_size,
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
-            vocab_size=engine.hf_config.vocab_size,
+            vocab_size=engine.text_config.vocab_size,
             bos_token_id=tokenizer.bos_token_id if tokenizer is not None else None,
             eos_token_ids=engine.stop_rule.eos_token_ids,
             special_token_ids=frozenset(tokenizer.all_special_ids if tokenizer else ()),
@@ -159,17 +160,20 @@ class AsyncEngine:
         prompt: str | list[int],
         params: SamplingParams,
         request_id: str,
+        multi_modal: MultiModalInput | None = None,
     ) -> AsyncIterator[RequestDelta]:
         """Yield deltas until the request finishes (the first carries the prompt's token
-        ids; those queued meanwhile come merged). Raises ValueError for a bad prompt and
-        EngineDeadError if the engine fails. Closing the iterator early (the client went
-        away) aborts the request and frees its blocks."""
+        ids; those queued meanwhile come merged). Raises ValueError for a bad prompt or
+        images and EngineDeadError if the engine fails. Closing the iterator early (the
+        client went away) aborts the request and frees its blocks.
+        multi_modal: the prompt's processed images (engine.multimodal.MultiModalProcessor
+        `process`, whose token ids are then `prompt`); a text-only model refuses them."""
         if self._dead is not None:
             raise EngineDeadError(f"engine is dead: {self._dead!r}")
         if request_id in self._streams:
             raise ValueError(f"request_id {request_id!r} is already in flight")
         self._ensure_loop()
-        self.engine.add_request(request_id, prompt, params)  # raises on bad input
+        self.engine.add_request(request_id, prompt, params, multi_modal)  # raises on bad input
         queue: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = queue
         self._wakeup.set()

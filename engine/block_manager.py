@@ -10,7 +10,9 @@ published under a hash chained over all tokens up to its end. A later sequence w
 prompt starts with the same tokens takes those blocks (reference counted) and computes
 only the rest. Freed blocks keep their hash and stay reusable until they are handed out
 again (least recently freed first). The hash is `engine.prefix_hash.block_hash`, the one
-a router uses too. Every change to the set of findable hashes is recorded as a numbered
+a router uses too; a block overlapping an image chains in the image's content hash
+(`Sequence.block_extra_keys`), so the same placeholder tokens with another image never
+share a block. Every change to the set of findable hashes is recorded as a numbered
 event (`drain_events`), so a router can mirror the cache (see engine/block_events.py).
 """
 
@@ -75,8 +77,10 @@ class BlockManager:
         hits: list[int] = []
         parent = None
         bs = self.block_size
+        extra_keys = seq.block_extra_keys(bs)
         for i in range((seq.num_tokens - 1) // bs):
-            parent = block_hash(parent, seq.token_ids[i * bs : (i + 1) * bs])
+            extra = extra_keys[i] if i < len(extra_keys) else ()
+            parent = block_hash(parent, seq.token_ids[i * bs : (i + 1) * bs], extra)
             block_id = self.hash_to_block.get(parent)
             if block_id is None:
                 break
@@ -159,7 +163,10 @@ class BlockManager:
         start = seq.num_hashed_blocks
         parent = self.block_hashes[seq.block_table[start - 1]] if start else None
         new_hashes = prefix_block_hashes(
-            seq.token_ids[start * bs : num_full * bs], bs, parent=parent
+            seq.token_ids[start * bs : num_full * bs],
+            bs,
+            parent=parent,
+            extra_keys=seq.block_extra_keys(bs)[start:num_full],
         )
         for block_id, h in zip(seq.block_table[start:num_full], new_hashes, strict=True):
             if self.block_hashes[block_id] is None:

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from engine.config import EngineConfig
 from engine.devices import Device, MemoryStats, get_device
+from engine.families import get_family
 from engine.loader import KVSpec, load_config, load_model, resolve_dtype
 from engine.messages import ModelInput, StepOutput
 from engine.model_runner import ModelRunner
@@ -74,12 +75,20 @@ class LocalExecutor:
         self.device: Device = get_device(device_name)
         hf_config = load_config(model_path)
         dtype = resolve_dtype(dtype_name, hf_config, self.device)
-        self.kv_spec = KVSpec.from_config(hf_config, dtype, kv_cache_dtype=kv_cache_dtype)
+        family = get_family(hf_config.model_type)
+        # NOTE: the text model's config: a multimodal model's KV cache is its text model's.
+        self.kv_spec = KVSpec.from_config(
+            hf_config.get_text_config(), dtype, kv_cache_dtype=kv_cache_dtype
+        )
         model = load_model(
             model_path, dtype, self.device.torch_device, quantization, quantization_stats
         )
         self.runner = ModelRunner(
-            self.device.prepare_model(model), self.device, self.kv_spec, block_size
+            self.device.prepare_model(model),
+            self.device,
+            self.kv_spec,
+            block_size,
+            encode_image=family.encode_image,
         )
         self.profiler = RankProfiler()
 

@@ -3,8 +3,9 @@
 Each family says which transformers class builds it, whether tensor parallelism runs it,
 and where it may swap in modules of its own (`patch_model`: for example a static-shape
 mixture-of-experts layer in place of transformers' data-dependent one). A new family is
-one `ModelFamily` in FAMILIES plus a tiny model in tests/conftest.py's FAMILY_CONFIGS;
-each registered family is tested token-identical to transformers' `generate`.
+one `ModelFamily` in FAMILIES plus a tiny model in tests/conftest.py's FAMILY_CONFIGS (a
+family that takes images: MULTIMODAL_FAMILIES, and a tiny model of its own there); each
+registered family is tested token-identical to transformers' `generate`.
 
 This module imports neither torch nor transformers (the planner reads it too): classes
 are named here and imported when a model is built.
@@ -28,7 +29,9 @@ from engine.errors import UnsupportedModelError
 
 __all__ = [
     "FAMILIES",
+    "MULTIMODAL_FAMILIES",
     "ModelFamily",
+    "all_families",
     "check_tp_size",
     "get_family",
     "imported",
@@ -43,13 +46,13 @@ def keep_model(model: Any) -> Any:
     return model
 
 
-def imported(module: str, name: str) -> Callable[[Any], Any]:
-    """A family hook (`patch_model`, `unsupported_features`) that lives in `module` (under
-    engine.models), imported when first called: the registry itself stays free of torch
-    and transformers."""
+def imported(module: str, name: str) -> Callable[..., Any]:
+    """A family hook (`patch_model`, `unsupported_features`, `encode_image`) that lives in
+    `module` (under engine.models), imported when first called: the registry itself stays
+    free of torch and transformers."""
 
-    def patch(model: Any) -> Any:
-        return getattr(importlib.import_module(module), name)(model)
+    def patch(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
 
     patch.__qualname__ = f"{module}.{name}"
     return patch
@@ -65,7 +68,8 @@ class ModelFamily:
 
     model_type: config.json's `model_type`.
     name: the family's display name.
-    class_name: the transformers class that builds it (a causal LM).
+    class_name: the transformers class that builds it (a causal LM, or for a multimodal
+        family its conditional-generation class: a vision tower and a causal LM).
     is_tp_supported: tensor parallelism (DeepSpeed AutoTP and sharding.loading) runs it;
         False refuses tp_size > 1 with an error naming the families that have it.
     is_tied_by_default: transformers' default of `tie_word_embeddings` for this family,
@@ -78,6 +82,12 @@ class ModelFamily:
         the engine would not give transformers' output (one reason per feature it does not
         implement), and the model is refused naming them (engine.family_features).
         Default: the checks every family shares (ALiBi).
+    encode_image: for a family that takes images, called with the built model, an image's
+        patches on the device, its real patch count and its (height, width) before
+        processing; returns the image's feature vectors [num_placeholders, hidden], which
+        replace its placeholder tokens' embeddings. None (the default): text only.
+    patch_buckets: with encode_image, called with the model's config; returns the patch
+        counts the vision tower runs at (engine.models.llava_next.PatchBuckets).
     """
 
     model_type: str
@@ -87,15 +97,22 @@ class ModelFamily:
     is_tied_by_default: bool = False
     patch_model: Callable[[Any], Any] = keep_model
     unsupported_features: Callable[[Any], list[str]] = SHARED_UNSUPPORTED_FEATURES
+    encode_image: Callable[..., Any] | None = None
+    patch_buckets: Callable[[Any], Any] | None = None
+
+    @property
+    def is_multimodal(self) -> bool:
+        """Whether prompts of this family may hold images (engine.multimodal)."""
+        return self.encode_image is not None
 
     def model_class(self) -> type:
         """The transformers class (imports transformers)."""
         return getattr(importlib.import_module("transformers"), self.class_name)
 
 
-# model_type -> family. Tensor parallelism: Llama, Mistral, Qwen2, Qwen3 and Gemma give
-# output token-identical to tp_size 1 at tp_size 2, as do Mixtral (each expert's FFN split,
-# tests/sharding/test_mixtral_tp.py), StarCoder2 and Phi-2
+# model_type -> family, for the causal LMs. Tensor parallelism: Llama, Mistral, Qwen2, Qwen3
+# and Gemma give output token-identical to tp_size 1 at tp_size 2, as do Mixtral (each
+# expert's FFN split, tests/sharding/test_mixtral_tp.py), StarCoder2 and Phi-2
 # (tests/sharding/test_code_families_tp.py); Phi-3's fused qkv_proj is split into
 # ranks with zero heads (a reshape error at the first step), so it is refused up front.
 FAMILIES: dict[str, ModelFamily] = {
@@ -142,12 +159,42 @@ FAMILIES: dict[str, ModelFamily] = {
 }
 
 
-def supported_families_text(families: dict[str, ModelFamily] = FAMILIES) -> str:
-    """`Llama (llama), Mistral (mistral), ...`: for error messages."""
+# model_type -> family, for the families whose prompts may hold images (their class is a
+# vision tower and projector beside a causal LM of one of the families above). Kept apart
+# from FAMILIES, whose entries are causal LMs every text-family test runs.
+MULTIMODAL_FAMILIES: dict[str, ModelFamily] = {
+    family.model_type: family
+    for family in (
+        # Llava-NeXT: a CLIP vision tower and projector run once per image at fixed patch
+        # counts; the text model (any family above) runs over the paged cache with the
+        # image features in place of the placeholders' embeddings (engine.models.llava_next).
+        # Tensor parallelism would have to split the vision tower too: refused.
+        ModelFamily(
+            "llava_next",
+            "Llava-NeXT",
+            "LlavaNextForConditionalGeneration",
+            is_tp_supported=False,
+            patch_model=imported("engine.models.llava_next", "patch_model"),
+            unsupported_features=imported("engine.models.llava_next", "unsupported_features"),
+            encode_image=imported("engine.models.llava_next", "encode_image"),
+            patch_buckets=imported("engine.models.llava_next", "patch_buckets"),
+        ),
+    )
+}
+
+
+def all_families() -> dict[str, ModelFamily]:
+    """Every family the engine runs: FAMILIES, then MULTIMODAL_FAMILIES."""
+    return {**FAMILIES, **MULTIMODAL_FAMILIES}
+
+
+def supported_families_text(families: dict[str, ModelFamily] | None = None) -> str:
+    """`Llama (llama), Mistral (mistral), ...`: for error messages (default: every family)."""
+    families = all_families() if families is None else families
     return ", ".join(f"{f.name} ({f.model_type})" for f in families.values())
 
 
-def supported_families_table(families: dict[str, ModelFamily] = FAMILIES) -> str:
+def supported_families_table(families: dict[str, ModelFamily] | None = None) -> str:
     """The families as a Markdown table, one row each: README.md holds it verbatim between
     `<!-- families:begin -->` and `<!-- families:end -->` (a test keeps the two equal).
 
@@ -156,6 +203,7 @@ def supported_families_table(families: dict[str, ModelFamily] = FAMILIES) -> str
     |---|---|---|---|
     | Llama | `llama` | `LlamaForCausalLM` | yes |
     """
+    families = all_families() if families is None else families
     rows = [
         "| Family | `model_type` | transformers class | Tensor parallel |",
         "|---|---|---|---|",
@@ -169,7 +217,7 @@ def supported_families_table(families: dict[str, ModelFamily] = FAMILIES) -> str
 def get_family(model_type: str, where: object = None) -> ModelFamily:
     """The family of `model_type`; UnsupportedModelError naming the supported ones (and
     `where` the model came from, when given)."""
-    family = FAMILIES.get(model_type)
+    family = FAMILIES.get(model_type) or MULTIMODAL_FAMILIES.get(model_type)
     if family is None:
         of = f" of {where}" if where is not None else ""
         raise UnsupportedModelError(
@@ -183,7 +231,7 @@ def check_tp_size(model_type: str, tp_size: int) -> None:
     """Refuse tp_size > 1 for a family that tensor parallelism does not run."""
     family = get_family(model_type)
     if tp_size > 1 and not family.is_tp_supported:
-        with_tp = {k: f for k, f in FAMILIES.items() if f.is_tp_supported}
+        with_tp = {k: f for k, f in all_families().items() if f.is_tp_supported}
         raise UnsupportedModelError(
             f"tp_size {tp_size}: tensor parallelism does not run {family.name} "
             f"({model_type}) models yet; families with tensor parallelism: "

@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
@@ -20,9 +21,11 @@ from engine.config import EngineConfig, resolve_max_model_len
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import BucketMissError, EmptyPromptError, PromptTooLongError
 from engine.executor import ExecutorFactory, default_executor_factory
+from engine.families import check_tp_size, get_family
 from engine.loader import load_config, load_tokenizer, resolve_model_path
-from engine.messages import StepOutput
+from engine.messages import ModelInput, StepOutput
 from engine.model_input import dummy_model_input
+from engine.multimodal import MultiModalInput
 from engine.output_processor import (
     RequestState,
     StopRule,
@@ -39,6 +42,9 @@ from engine.shapes import StepShape, StepShaper
 from engine.stats import EngineStats
 from engine.step_record import StepObserver, StepRecord
 from engine.strategy import DecodeStrategy
+
+if TYPE_CHECKING:
+    from engine.multimodal.feed import ImageFeeder
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +63,15 @@ class Engine:
     ):
         self.model_path = resolve_model_path(config.model)
         self.hf_config = load_config(self.model_path)
+        # a multimodal model's text model: its vocabulary, context length and EOS
+        self.text_config = self.hf_config.get_text_config()
+        self.family = get_family(self.hf_config.model_type)
+        check_tp_size(self.hf_config.model_type, config.tp_size)
+        # a multimodal model's vision tower runs at these patch counts (None: text only)
+        self.patch_buckets = (
+            self.family.patch_buckets(self.hf_config) if self.family.is_multimodal else None
+        )
+        self.image_feeder = self._image_feeder(config)
         self.tokenizer = None
         if not config.skip_tokenizer_init:
             self.tokenizer = load_tokenizer(resolve_model_path(config.tokenizer or self.model_path))
@@ -90,8 +105,22 @@ class Engine:
         self._is_snapshot_requested = False
 
     # -- set-up -------------------------------------------------------------------------
+    def _image_feeder(self, config: EngineConfig) -> ImageFeeder | None:
+        """The host side of images in steps, for a multimodal model (None: text only)."""
+        if not self.family.is_multimodal:
+            return None
+        if config.speculative is not None:
+            raise ValueError(
+                f"speculative decoding does not run {self.family.name} "
+                f"({self.hf_config.model_type}) models, which take images: set speculative "
+                "to None"
+            )
+        from engine.multimodal.feed import ImageFeeder
+
+        return ImageFeeder(self.patch_buckets.counts)
+
     def _resolve_max_model_len(self, config: EngineConfig) -> int:
-        model_max = getattr(self.hf_config, "max_position_embeddings", None)
+        model_max = getattr(self.text_config, "max_position_embeddings", None)
         return resolve_max_model_len(config.max_model_len, model_max)
 
     def _warm_up_and_size_kv_cache(self) -> int:
@@ -106,6 +135,7 @@ class Engine:
             self.executor.warmup(dummy_model_input(shape), capture=False)
         if is_warm:
             strategy.warmup(capture=False, graph_kinds=())
+            self._warm_up_images(shapes)
         num_blocks = self._size_kv_cache()
         self._init_kv_cache(num_blocks)
         graph_kinds = self.executor.graph_kinds if self.config.enable_graphs else ()
@@ -129,6 +159,17 @@ class Engine:
                 max(graph_bytes, 0) / 2**20,
             )
         return num_blocks
+
+    def _warm_up_images(self, shapes: list[StepShape]) -> None:
+        """Run the vision tower once at every patch bucket (a multimodal model), inside
+        the smallest prefill step."""
+        prefill = [s for s in shapes if s.kind == "prefill"]
+        if self.image_feeder is None or not prefill:
+            return
+        inp = dummy_model_input(min(prefill, key=lambda s: s.num_tokens))
+        buckets = self.patch_buckets
+        inp.multi_modal = self.image_feeder.warmup_feed(buckets.sizes, buckets.patch_shape)
+        self.executor.warmup(inp, capture=False)
 
     def _init_kv_cache(self, num_blocks: int) -> None:
         self.executor.init_kv_cache(num_blocks)
@@ -170,8 +211,8 @@ class Engine:
             pass
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             ids.add(self.tokenizer.eos_token_id)
-        if not ids and getattr(self.hf_config, "eos_token_id", None) is not None:
-            eos = self.hf_config.eos_token_id
+        if not ids and getattr(self.text_config, "eos_token_id", None) is not None:
+            eos = self.text_config.eos_token_id
             ids.update(eos if isinstance(eos, list) else [eos])
         return frozenset(ids)
 
@@ -186,24 +227,56 @@ class Engine:
         request_id: str,
         prompt: str | list[int],
         params: SamplingParams | None = None,
+        multi_modal: MultiModalInput | None = None,
     ) -> None:
-        """Queue a request. Raises ValueError for a bad prompt (empty, too long, duplicate id)."""
+        """Queue a request. Raises ValueError for a bad prompt (empty, too long, duplicate id)
+        or bad images. multi_modal: the prompt's processed images, with `prompt` the token
+        ids `MultiModalProcessor.process` returned beside it (a multimodal model only)."""
         params = params or SamplingParams()
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in flight")
         text = prompt if isinstance(prompt, str) else None
         token_ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if multi_modal is not None:
+            self.check_multi_modal(multi_modal, prompt, token_ids)
+        elif self.image_feeder is not None and self.hf_config.image_token_id in token_ids:
+            raise ValueError(
+                f"prompt: contains the image token (id {self.hf_config.image_token_id}) but "
+                "no images came with it; pass the images as multi_modal_data"
+            )
         self.check_prompt(token_ids)
         seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
-        seq = Sequence(request_id, token_ids, params, seed, prompt=text)
+        seq = Sequence(request_id, token_ids, params, seed, prompt=text, multi_modal=multi_modal)
         detok = IncrementalDetokenizer(self.tokenizer, token_ids, params.stop)
         self.requests[request_id] = RequestState(seq, detok)
         self.scheduler.add(seq)
 
+    def check_multi_modal(
+        self, multi_modal: MultiModalInput, prompt: str | list[int], token_ids: list[int]
+    ) -> None:
+        """ValueError naming `multi_modal_data` for images this engine cannot take."""
+        if not isinstance(multi_modal, MultiModalInput):
+            raise ValueError(
+                f"multi_modal must be an engine.multimodal.MultiModalInput, got "
+                f"{type(multi_modal).__name__}"
+            )
+        if self.image_feeder is None:
+            raise ValueError(
+                f"multi_modal_data: the {self.family.name} ({self.hf_config.model_type}) model "
+                f"at {self.model_path} takes no images"
+            )
+        if isinstance(prompt, str):
+            raise ValueError(
+                "multi_modal_data: with images the prompt must be the token ids "
+                "MultiModalProcessor.process returned, not text"
+            )
+        image_token_id = self.hf_config.image_token_id
+        multi_modal.check(token_ids, image_token_id, max(self.patch_buckets.counts))
+
     def check_prompt(self, token_ids: list[int]) -> None:
         if not token_ids:
             raise EmptyPromptError()
-        vocab = self.hf_config.vocab_size
+        vocab = self.text_config.vocab_size
         bad = next((t for t in token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
         if bad is not None:
             raise ValueError(f"prompt token ids must be integers in [0, {vocab}), got {bad!r}")
@@ -248,6 +321,8 @@ class Engine:
             num_context_tokens = sum(item.seq.num_computed_tokens for item in sched.scheduled)
         inp = self.strategy.build_input(sched, k)
         self._account(inp.shape, inp.num_tokens)
+        if self.image_feeder is not None:
+            self._feed_images(sched, inp)
         exec_start, exec_cpu_start = time.perf_counter(), time.thread_time()
         out = self.executor.execute(inp)
         execute_s = time.perf_counter() - exec_start
@@ -278,6 +353,16 @@ class Engine:
         """Have the next step's record carry the cached block hashes even without an
         overflow (an observer that lost records resyncs). Thread-safe: sets a flag."""
         self._is_snapshot_requested = True
+
+    def _feed_images(self, sched: SchedulerOutput, inp: ModelInput) -> None:
+        feeder = self.image_feeder
+        misses = feeder.num_bucket_misses
+        inp.multi_modal = feeder.feed(sched, inp, self.scheduler.running)
+        if feeder.num_bucket_misses > misses and self.config.strict_shapes:
+            raise BucketMissError(
+                f"an image's patch bucket was not warmed (strict_shapes); warmed: "
+                f"{sorted(feeder.warmed)}"
+            )
 
     def _account(self, shape: StepShape, num_real_tokens: int) -> None:
         if shape not in self.warmed:
@@ -357,7 +442,7 @@ class Engine:
             num_prefill_tokens=c["prefill"],
             num_generated_tokens=c["generated"],
             num_steps=c["steps"],
-            num_bucket_misses=c["misses"] + self.strategy.num_bucket_misses,
+            num_bucket_misses=c["misses"] + self.strategy.num_bucket_misses + self._image_misses,
             num_real_tokens=c["real"],
             num_padded_tokens=c["padded"],
             num_graph_replays=runner["num_graph_replays"],
@@ -367,6 +452,10 @@ class Engine:
             **self.strategy.stats(),
             num_queued_prompt_tokens=self.scheduler.num_queued_prompt_tokens,
         )
+
+    @property
+    def _image_misses(self) -> int:
+        return self.image_feeder.num_bucket_misses if self.image_feeder is not None else 0
 
     def shutdown(self) -> None:
         for request_id in list(self.requests):

@@ -83,6 +83,32 @@ class TokenSelector(Protocol):
 
 
 @dataclass
+class ImageEncode:
+    """An image the runner encodes before the step's forward (the family's `encode_image`)
+    and keeps, by hash, until a step releases it."""
+
+    image_hash: int
+    pixel_values: torch.Tensor  # [bucket, channels, height, width]: real patches, then zeros
+    num_patches: int  # real patches
+    image_size: tuple[int, int]  # (height, width) before processing
+    num_tokens: int | None  # its placeholder tokens (features it must give); None: warm-up
+
+
+@dataclass
+class MultiModalFeed:
+    """The images of a step of a multimodal model. The runner encodes `encode`, builds the
+    step's feature table (a zero row, then the features of `table_hashes` in order), puts
+    table row feature_index[i] in place of query position i's embedding where image_mask
+    is set, runs the forward, then drops the features of `release`."""
+
+    encode: list[ImageEncode]
+    table_hashes: list[int]
+    feature_index: torch.Tensor | None  # [batch * query_len] long; None: no image position
+    image_mask: torch.Tensor | None  # [batch, query_len] bool
+    release: list[int]
+
+
+@dataclass
 class ModelInput:
     """One padded step: every row feeds shape.query_len query tokens (left-padded)."""
 
@@ -96,6 +122,7 @@ class ModelInput:
     shape: StepShape
     num_tokens: int = 0  # real query tokens, padding excluded (the host's accounting)
     selector: TokenSelector | None = None  # replaces plain sampling when set
+    multi_modal: MultiModalFeed | None = None  # images of the step (multimodal models)
 
 
 class FeedRow(NamedTuple):

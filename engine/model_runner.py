@@ -1,22 +1,41 @@
 """The only code that touches the device: owns the model and its paged KV cache on one
-rank, and runs one padded step (forward, then sampling)."""
+rank, and runs one padded step (forward, then sampling).
+
+A multimodal model (a family with `encode_image`) also keeps each image's features on the
+device, by content hash, from the step that encodes it until a step releases it (the host
+decides both: engine.multimodal.feed). Its prefill steps run on `inputs_embeds`: the token
+embeddings with image features in place of the placeholders' (zeros and no image in a step
+without one, so each prefill shape has one graph); its decode steps run on input_ids.
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from engine.attention import PagedMetadata
 from engine.devices import Device
 from engine.loader import KVSpec
-from engine.messages import ModelInput, SamplingInput, StepOutput
+from engine.messages import ModelInput, MultiModalFeed, SamplingInput, StepOutput
 from engine.sampler import sample
 from engine.shapes import StepShape
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, device: Device, kv_spec: KVSpec, block_size: int):
+    """encode_image: the model family's image encoder (engine.families), None for a
+    text-only model."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: Device,
+        kv_spec: KVSpec,
+        block_size: int,
+        encode_image: Callable[..., torch.Tensor] | None = None,
+    ):
         self.model = model
         self.device = device
         self.kv_spec = kv_spec
@@ -25,6 +44,8 @@ class ModelRunner:
         self.graphs: dict[StepShape, object] = {}  # shape -> replayable forward
         self.num_graph_replays = 0
         self.num_eager_runs = 0
+        self.encode_image = encode_image
+        self.image_features: dict[int, torch.Tensor] = {}  # hash -> [num_tokens, hidden]
 
     def init_kv_cache(self, num_blocks: int) -> None:
         """Allocate per layer K and V pools: [num_blocks, block_size, kv_heads, head_dim] of
@@ -48,13 +69,56 @@ class ModelRunner:
         dev = self.device.torch_device
         positions = inp.positions.to(dev, non_blocking=True)
         num_context = inp.shape.num_blocks * self.block_size
-        return {
+        inputs = {
             "input_ids": inp.input_ids.to(dev, non_blocking=True),
             "positions": positions,
             "slot_mapping": inp.slot_mapping.to(dev, non_blocking=True),
             "block_tables": inp.block_tables.to(dev, non_blocking=True),
             "mask": PagedMetadata.causal_mask(positions, num_context),
         }
+        if self.encode_image is not None and inp.kind == "prefill":
+            inputs["image_embeds"], inputs["image_mask"] = self.prepare_image_inputs(inp)
+        return inputs
+
+    def prepare_image_inputs(self, inp: ModelInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_embeds [batch, query_len, hidden]: the step's image features at the
+        positions that take one (zeros elsewhere); image_mask [batch, query_len, 1]."""
+        dev = self.device.torch_device
+        batch, q_len = inp.input_ids.shape
+        weight = self.model.get_input_embeddings().weight
+        feed = inp.multi_modal
+        if feed is None or feed.feature_index is None:
+            embeds = torch.zeros((batch, q_len, weight.shape[1]), dtype=weight.dtype, device=dev)
+            return embeds, torch.zeros((batch, q_len, 1), dtype=torch.bool, device=dev)
+        # table: [1 + step's image tokens, hidden], row 0 zeros
+        table = torch.cat(
+            [weight.new_zeros((1, weight.shape[1]))]
+            + [self.image_features[h].to(weight.dtype) for h in feed.table_hashes]
+        )
+        index = feed.feature_index.to(dev, non_blocking=True)
+        embeds = table.index_select(0, index).view(batch, q_len, -1)
+        return embeds, feed.image_mask.to(dev, non_blocking=True).unsqueeze(-1)
+
+    def run_image_encoders(self, feed: MultiModalFeed | None) -> None:
+        """Encode the feed's new images and keep their features."""
+        if feed is None:
+            return
+        dev = self.device.torch_device
+        dtype = self.model.get_input_embeddings().weight.dtype
+        for image in feed.encode:
+            pixels = image.pixel_values.to(dev, dtype=dtype, non_blocking=True)
+            features = self.encode_image(self.model, pixels, image.num_patches, image.image_size)
+            if image.num_tokens is not None and features.shape[0] != image.num_tokens:
+                raise RuntimeError(
+                    f"image {image.image_hash:032x} gave {features.shape[0]} feature vectors "
+                    f"for {image.num_tokens} placeholder tokens: the processor and the model "
+                    "disagree"
+                )
+            self.image_features[image.image_hash] = features
+
+    def release_images(self, feed: MultiModalFeed | None) -> None:
+        for image_hash in feed.release if feed is not None else ():
+            self.image_features.pop(image_hash, None)
 
     def run_forward(
         self,
@@ -64,12 +128,20 @@ class ModelRunner:
         block_tables: torch.Tensor,
         mask: torch.Tensor,
         num_logits: int = 1,
+        image_embeds: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Padded forward over the paged cache -> logits [batch, num_logits, vocab] for the
-        last num_logits positions of every row. Static shapes only: capturable."""
+        last num_logits positions of every row. Static shapes only: capturable.
+        image_embeds/image_mask (a multimodal prefill): where the mask is set, the image
+        feature replaces the token's embedding."""
         paged = PagedMetadata(self.kv_caches, slot_mapping, block_tables, positions, mask)
+        tokens: dict[str, Any] = {"input_ids": input_ids}
+        if image_embeds is not None:
+            embeds = self.model.get_input_embeddings()(input_ids)
+            tokens = {"inputs_embeds": torch.where(image_mask, image_embeds, embeds)}
         out = self.model(
-            input_ids=input_ids,
+            **tokens,
             position_ids=positions,
             paged=paged,
             use_cache=False,
@@ -88,6 +160,7 @@ class ModelRunner:
         """The padded forward (graph replay where captured) -> logits of the real rows,
         [num_seqs, num_logits, vocab], on the device. NOTE: a replayed graph's output is
         overwritten by the next replay: consume it first."""
+        self.run_image_encoders(inp.multi_modal)
         inputs = self.prepare_inputs(inp)
         graph = self.graphs.get(inp.shape)
         if graph is not None:
@@ -96,6 +169,7 @@ class ModelRunner:
         else:
             logits = self.run_forward(**inputs, num_logits=self.num_logits(inp.shape))
             self.num_eager_runs += 1
+        self.release_images(inp.multi_modal)
         return logits[: inp.num_seqs]
 
     @torch.inference_mode()

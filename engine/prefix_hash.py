@@ -18,6 +18,16 @@ Worked example (block_size 4): tokens [1..10] have two full blocks, [1, 2, 3, 4]
     True
     >>> prefix_block_hashes([1, 2, 3, 4, 99], 4)[0] == hashes[0]  # same first block
     True
+
+A block overlapping an image chains in the image's content hash (`extra_keys`, from
+engine.multimodal.MultiModalInput.block_extra_keys), so the same placeholder tokens with
+another image name other blocks, and every block after them differs too:
+
+    >>> with_image = prefix_block_hashes(list(range(1, 11)), 4, extra_keys=[(), (77,)])
+    >>> with_image[0] == hashes[0], with_image[1] == hashes[1]
+    (True, False)
+    >>> with_image[1] == block_hash(hashes[0], [5, 6, 7, 8], (77,))
+    True
 """
 
 from __future__ import annotations
@@ -29,13 +39,19 @@ from collections.abc import Sequence
 HASH_BYTES = 16  # 128-bit: a collision would serve another prompt's KV, so keep it negligible
 
 
-def block_hash(parent: int | None, token_ids: Sequence[int]) -> int:
+def block_hash(parent: int | None, token_ids: Sequence[int], extra_keys: Sequence[int] = ()) -> int:
     """Hash of one full block of token ids, chained on the previous block's hash (None for
-    the first block). Token ids are unsigned 32-bit; anything else raises struct.error."""
+    the first block). Token ids are unsigned 32-bit; anything else raises struct.error.
+    extra_keys: 128-bit hashes of what else the block's KV depends on (the images it
+    overlaps); none leaves a text block's hash as it always was."""
     h = hashlib.blake2b(
         b"" if parent is None else parent.to_bytes(HASH_BYTES, "little"), digest_size=HASH_BYTES
     )
     h.update(struct.pack(f"<I{len(token_ids)}I", len(token_ids), *token_ids))
+    if extra_keys:
+        h.update(struct.pack("<I", len(extra_keys)))
+        for key in extra_keys:
+            h.update(key.to_bytes(HASH_BYTES, "little"))
     return int.from_bytes(h.digest(), "little")
 
 
@@ -44,11 +60,14 @@ def prefix_block_hashes(
     block_size: int,
     num_blocks: int | None = None,
     parent: int | None = None,
+    extra_keys: Sequence[Sequence[int]] | None = None,
 ) -> list[int]:
     """The chained hashes of the full blocks of token_ids, in order.
 
     num_blocks: hash at most this many leading blocks (default: every full block).
     parent: the hash of the block just before token_ids[0], to continue a chain.
+    extra_keys: per block of token_ids, the hashes chained in beside its tokens (the
+        images it overlaps); blocks past its end have none.
     """
     if block_size < 1:
         raise ValueError(f"block_size must be a positive number of tokens, got {block_size}")
@@ -56,7 +75,9 @@ def prefix_block_hashes(
     if num_blocks is not None:
         count = min(count, max(num_blocks, 0))
     hashes = []
+    extra_keys = extra_keys or ()
     for i in range(count):
-        parent = block_hash(parent, token_ids[i * block_size : (i + 1) * block_size])
+        extra = extra_keys[i] if i < len(extra_keys) else ()
+        parent = block_hash(parent, token_ids[i * block_size : (i + 1) * block_size], extra)
         hashes.append(parent)
     return hashes

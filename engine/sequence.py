@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import enum
 import itertools
+from typing import TYPE_CHECKING
 
 from engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from engine.multimodal import MultiModalInput
 
 _seq_ids = itertools.count()
 
@@ -22,6 +26,10 @@ class Sequence:
     Positions [0, num_computed_tokens) have their KV in the cache; a step feeds tokens from
     num_computed_tokens on. After a preemption num_computed_tokens drops to 0 and the whole
     sequence (prompt and output so far) is prefilled again.
+
+    multi_modal: the prompt's processed images (None: text only); their placeholder
+    positions take image features in place of token embeddings, and the prefix cache
+    hashes the images into the blocks they overlap (`block_extra_keys`).
     """
 
     def __init__(
@@ -31,6 +39,7 @@ class Sequence:
         params: SamplingParams,
         seed: int,
         prompt: str | None = None,
+        multi_modal: MultiModalInput | None = None,
     ):
         self.seq_id = next(_seq_ids)
         self.request_id = request_id
@@ -47,6 +56,18 @@ class Sequence:
         self.num_preemptions = 0
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
+        self.multi_modal = multi_modal if multi_modal and multi_modal.num_images else None
+        self._extra_keys: list[tuple[int, ...]] | None = None
+
+    def block_extra_keys(self, block_size: int) -> list[tuple[int, ...]]:
+        """Per full prompt block, the image hashes the prefix cache chains into its hash
+        (engine.prefix_hash); empty for a text-only sequence. Blocks past the list (the
+        output's) have none."""
+        if self.multi_modal is None:
+            return []
+        if self._extra_keys is None:
+            self._extra_keys = self.multi_modal.block_extra_keys(self.num_prompt_tokens, block_size)
+        return self._extra_keys
 
     @property
     def num_tokens(self) -> int:

@@ -133,6 +133,94 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
     return make
 
 
+# Llava-NeXT: a tiny CLIP vision tower (28 px tiles of 14 px patches, anyres grids up to 2x2
+# tiles) and a tiny Llama text model over the tiny tokenizer plus an `<image>` token. An
+# image becomes 10-24 placeholder tokens, depending on its size and aspect ratio.
+TINY_LLAVA_PINPOINTS = [[28, 56], [56, 28], [56, 56]]
+# multimodal family -> the config of its tiny model (engine.families.MULTIMODAL_FAMILIES)
+MULTIMODAL_FAMILY_CONFIGS = {"llava_next": lambda: tiny_llava_next_config()}
+TINY_LLAVA_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<image>\n"
+    "{% else %}{{ p['text'] }}{% endif %}{% endfor %}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def tiny_llava_next_config(image_token_id: int = TINY_VOCAB):
+    """The tiny Llava-NeXT's config: a 2-layer CLIP tower, the tiny Llama as text model."""
+    from transformers import LlavaNextConfig
+
+    vision = dict(
+        model_type="clip_vision_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+        projection_dim=32,
+    )
+    return LlavaNextConfig(
+        vision_config=vision,
+        text_config=tiny_config("llama", vocab_size=TINY_VOCAB + 8).to_dict(),
+        image_grid_pinpoints=TINY_LLAVA_PINPOINTS,
+        image_token_id=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
+    )
+
+
+def build_tiny_llava_next(out_dir, tokenizer_dir) -> None:
+    """A tiny random LlavaNextForConditionalGeneration, its tokenizer (with `<image>`),
+    its processor (LlavaNextImageProcessorPil: pillow only) and a chat template."""
+    from transformers import (
+        AutoTokenizer,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.chat_template = TINY_LLAVA_CHAT_TEMPLATE
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": 28},
+        crop_size={"height": 28, "width": 28},
+        image_grid_pinpoints=TINY_LLAVA_PINPOINTS,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        chat_template=TINY_LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+    config = tiny_llava_next_config(tokenizer.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(1234)
+    LlavaNextForConditionalGeneration(config).save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """Directory of a tiny random Llava-NeXT (`llava_next`) model with its processor."""
+    out = tmp_path_factory.mktemp("tiny-llava_next")
+    build_tiny_llava_next(out, tiny_tokenizer_dir)
+    return out
+
+
+def tiny_images(sizes, seed=0) -> list:
+    """Random RGB PIL images of the given (height, width) sizes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+
+
 def assert_engine_idle(engine) -> None:
     """Teardown invariants: no request left, every KV block free."""
     assert not engine.requests, f"requests left in flight: {list(engine.requests)}"

@@ -212,12 +212,41 @@ class CompletionRequest(_SamplingRequest):
 
 
 class TextContentPart(BaseModel):
-    """One part of a message's content; only text parts are supported."""
+    """A text part of a message's content."""
 
     model_config = REQUEST_CONFIG
 
-    type: Literal["text"] = Field(description="The part's kind; only 'text' is supported.")
+    type: Literal["text"] = Field(description="The part's kind: 'text'.")
     text: str = Field(description="The text.")
+
+
+class ImageUrl(BaseModel):
+    """Where an image part's image is."""
+
+    model_config = REQUEST_CONFIG
+
+    url: str = Field(
+        description="A data: URL (data:image/png;base64,...) or an http(s) URL of a PNG, "
+        "JPEG, WebP or GIF image (deployments/images.py has the size limits)."
+    )
+    detail: Literal["auto", "low", "high"] | None = Field(
+        None, description="Accepted and not used: the model's own processor sizes the image."
+    )
+
+
+class ImageUrlContentPart(BaseModel):
+    """An image part of a user message's content (for a model that takes images)."""
+
+    model_config = REQUEST_CONFIG
+
+    type: Literal["image_url"] = Field(description="The part's kind: 'image_url'.")
+    image_url: ImageUrl = Field(description="The image: {'url': <data: or http(s) URL>}.")
+
+
+_PART_SHAPES = {
+    "text": (TextContentPart, "{'type': 'text', 'text': <string>}"),
+    "image_url": (ImageUrlContentPart, "{'type': 'image_url', 'image_url': {'url': <string>}}"),
+}
 
 
 class ChatMessage(BaseModel):
@@ -228,8 +257,9 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"] = Field(
         description="Who wrote it; 'developer' is treated as 'system'."
     )
-    content: str | list[TextContentPart] = Field(
-        description="A string, or a list of {'type': 'text', 'text': ...} parts."
+    content: str | list[TextContentPart | ImageUrlContentPart] = Field(
+        description="A string, or a list of {'type': 'text', 'text': ...} parts and (in a "
+        "user message) {'type': 'image_url', 'image_url': {'url': ...}} parts, in order."
     )
     name: str | None = Field(None, description="An optional author name; not used.")
     refusal: None = Field(None, description="Accepted (null only) for echoed replies.")
@@ -239,25 +269,33 @@ class ChatMessage(BaseModel):
 
     @field_validator("content", mode="before")
     @classmethod
-    def _text_parts_only(cls, value: Any) -> Any:
+    def _check_parts(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
             return value
         if not isinstance(value, list):
             raise ValueError(
-                f"content must be a string or a list of text parts, got {_short(value)}"
+                f"content must be a string or a list of text and image_url parts, "
+                f"got {_short(value)}"
             )
         parts = []
         for index, part in enumerate(value):
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind is not None and kind != "text":
-                message = f"content part {index} has type {kind!r}; only 'text' is supported"
+            kind = part.get("type", "text") if isinstance(part, dict) else "text"
+            if not isinstance(kind, str) or kind not in _PART_SHAPES:
+                message = (
+                    f"content part {index} has type {_short(kind)}; "
+                    "only 'text' and 'image_url' are supported"
+                )
                 raise ValueError(message)
+            if kind == "image_url" and info.data.get("role", "user") != "user":
+                role = info.data["role"]
+                message = f"content part {index}: only user messages hold images, not {role}"
+                raise ValueError(message)
+            model, shape = _PART_SHAPES[kind]
             try:
-                parts.append(TextContentPart.model_validate(part))
+                parts.append(model.model_validate(part))
             except ValidationError:
                 raise ValueError(
-                    f"content part {index} must be {{'type': 'text', 'text': <string>}}, "
-                    f"got {_short(part)}"
+                    f"content part {index} must be {shape}, got {_short(part)}"
                 ) from None
         return parts
 
@@ -268,10 +306,28 @@ class ChatMessage(BaseModel):
 
     @property
     def text(self) -> str:
-        """The content as one string (text parts joined by newlines)."""
+        """The content's text as one string (text parts joined by newlines)."""
         if isinstance(self.content, str):
             return self.content
-        return "\n".join(part.text for part in self.content)
+        return "\n".join(part.text for part in self.content if isinstance(part, TextContentPart))
+
+    @property
+    def has_images(self) -> bool:
+        return not isinstance(self.content, str) and any(
+            isinstance(part, ImageUrlContentPart) for part in self.content
+        )
+
+    def parts(self) -> list[dict[str, str]]:
+        """The content as a chat template's parts, in order: {"type": "text", "text"} and
+        {"type": "image"} (the image itself goes beside the messages)."""
+        if isinstance(self.content, str):
+            return [{"type": "text", "text": self.content}]
+        return [
+            {"type": "text", "text": part.text}
+            if isinstance(part, TextContentPart)
+            else {"type": "image"}
+            for part in self.content
+        ]
 
 
 # Chat fields gaudi-serve does not implement, with the values that ask for nothing.
@@ -346,11 +402,26 @@ class ChatCompletionRequest(_SamplingRequest):
     def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
         return reject_unsupported(info.field_name, value, _CHAT_UNSUPPORTED[info.field_name])
 
-    def conversation(self) -> list[dict[str, str]]:
-        """The messages as `[{"role", "content"}]` for a tokenizer's chat template."""
+    def conversation(self) -> list[dict[str, Any]]:
+        """The messages as `[{"role", "content"}]` for a chat template: each content one
+        string, but that of a message with images, which is its `ChatMessage.parts()`."""
         return [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text}
+            {
+                "role": "system" if m.role == "developer" else m.role,
+                "content": m.parts() if m.has_images else m.text,
+            }
             for m in self.messages
+        ]
+
+    def image_urls(self) -> list[tuple[str, str]]:
+        """(field, url) of every image part, in order; field is its place in the request,
+        e.g. "messages.0.content.1.image_url"."""
+        return [
+            (f"messages.{i}.content.{j}.image_url", part.image_url.url)
+            for i, message in enumerate(self.messages)
+            if message.has_images
+            for j, part in enumerate(message.content)
+            if isinstance(part, ImageUrlContentPart)
         ]
 
     def to_sampling_params(self, *, default_max_tokens: int) -> SamplingParams:

@@ -169,6 +169,8 @@ class ModelCard(ResponseModel):
     owned_by: str = "gaudi-serve"
     max_model_len: int | None = None  # extension (vLLM): the context length
     vocab_size: int | None = None  # extension: token ids a prompt may hold (0..vocab_size-1)
+    # extension (OpenRouter's name): what a prompt may hold, ["text"] or ["text", "image"]
+    input_modalities: list[str] | None = None
 
 
 class ModelList(ResponseModel):

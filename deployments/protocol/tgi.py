@@ -8,10 +8,15 @@ temperature must be > 0.
 Left to the ingress: `truncate` (keep the last N prompt tokens), `return_full_text`
 (prepend `inputs` to generated_text) and `details` (send `Details`; the sampled tokens'
 logprobs are requested whenever details is true).
+
+Images: TGI's markdown, `![](<data: or http(s) URL>)` (empty alt text, as TGI's router
+matches it) anywhere in `inputs`; each stands for one image, in order, and becomes the
+model's image placeholder. Errors name the n-th image as "inputs.images.<n>".
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
@@ -33,6 +38,7 @@ DEFAULT_MAX_NEW_TOKENS = 100  # TGI 2.x's default
 MAX_TOP_N_TOKENS = 5  # TGI's default --max-top-n-tokens
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
+MARKDOWN_IMAGE = re.compile(r"!\[\]\(([^)]*)\)")  # ![](url): group 1 is the URL
 
 _UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "best_of": (None, 1),
@@ -160,6 +166,18 @@ class GenerateRequest(BaseModel):
 
     def to_sampling_params(self) -> SamplingParams:
         return self.parameters.to_sampling_params()
+
+    def image_urls(self) -> list[tuple[str, str]]:
+        """(field, url) of every markdown image in `inputs`, in order; field is
+        "inputs.images.<n>"."""
+        return [
+            (f"inputs.images.{n}", match.group(1).strip())
+            for n, match in enumerate(MARKDOWN_IMAGE.finditer(self.inputs))
+        ]
+
+    def prompt_with(self, image_placeholder: str) -> str:
+        """`inputs` with each markdown image replaced by `image_placeholder`."""
+        return MARKDOWN_IMAGE.sub(lambda _: image_placeholder, self.inputs)
 
 
 class Token(ResponseModel):

@@ -55,7 +55,9 @@ def transformers_forward(
 def engine_forward(model_path: str | os.PathLike) -> tuple[torch.nn.Module, Callable[[], None]]:
     """The engine's model (paged attention) and a callable running one prefill step
     (2 rows x 16 tokens) and one decode step (2 rows) at their bucket shapes. Inputs are
-    prepared outside the traced callable, as the runner does before a graph replay."""
+    prepared outside the traced callable, as the runner does before a graph replay.
+    A multimodal model's callable first encodes an image at its largest patch bucket and
+    builds the prefill's image inputs, and the prefill takes its features."""
     from engine.config import EngineConfig
     from engine.llm_engine import Engine
     from engine.model_input import dummy_model_input
@@ -74,14 +76,44 @@ def engine_forward(model_path: str | os.PathLike) -> tuple[torch.nn.Module, Call
     )
     runner = engine.executor.runner
     shapes = [engine.shaper.prefill_shape(2, 16, 1), engine.shaper.decode_shape(2, 2)]
-    steps = [runner.prepare_inputs(dummy_model_input(shape)) for shape in shapes]
+    inputs = [dummy_model_input(shape) for shape in shapes]
+    if engine.image_feeder is not None:
+        inputs[0].multi_modal = image_feed(engine, inputs[0])
+        with torch.inference_mode():
+            runner.run_image_encoders(inputs[0].multi_modal)  # for the prepared inputs
+    steps = [runner.prepare_inputs(inp) for inp in inputs]
 
     def run() -> None:
         with torch.inference_mode():
-            for inputs in steps:
-                runner.run_forward(**inputs)
+            if engine.image_feeder is not None:
+                runner.run_image_encoders(inputs[0].multi_modal)
+                runner.prepare_image_inputs(inputs[0])
+            for step in steps:
+                runner.run_forward(**step)
 
     return runner.model, run
+
+
+def image_feed(engine, inp):
+    """A feed encoding one image of the largest patch bucket (zeros) whose features take
+    the prefill's first query positions."""
+    from engine.messages import ImageEncode, MultiModalFeed
+
+    buckets = engine.patch_buckets
+    bucket = max(buckets.counts)
+    pixels = torch.zeros((bucket, *buckets.patch_shape))
+    image_hash = 1
+    with torch.inference_mode():
+        num_tokens = engine.executor.runner.encode_image(
+            engine.executor.runner.model, pixels, bucket, buckets.sizes[bucket]
+        ).shape[0]
+    batch, q_len = inp.input_ids.shape
+    index = torch.zeros(batch * q_len, dtype=torch.long)
+    n = min(num_tokens, batch * q_len)
+    index[:n] = torch.arange(1, n + 1)
+    encode = ImageEncode(image_hash, pixels, bucket, buckets.sizes[bucket], num_tokens)
+    mask = (index > 0).view(batch, q_len)
+    return MultiModalFeed([encode], [image_hash], index, mask, [])
 
 
 def audit_model(

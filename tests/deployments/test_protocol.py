@@ -56,6 +56,7 @@ from deployments.protocol import (
 from engine.sampling_params import SamplingParams
 
 MESSAGES = [{"role": "user", "content": "hi"}]
+IMAGE_PART = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
 
 
 def api_error(model, body: dict) -> ApiError:
@@ -221,6 +222,34 @@ def test_chat_request_converts_messages_and_limits():
     ]
     params = request.to_sampling_params(default_max_tokens=1000)
     assert params == SamplingParams(max_tokens=50, temperature=0.7, logprobs=4)
+    assert request.image_urls() == []
+
+
+def test_chat_image_parts_keep_their_order_and_name_their_fields():
+    second = {
+        "type": "image_url",
+        "image_url": {"url": "data:image/png;base64,AA", "detail": "low"},
+    }
+    request = ChatCompletionRequest.model_validate(
+        {
+            "messages": [
+                {"role": "system", "content": "look"},
+                {"role": "user", "content": [IMAGE_PART, {"type": "text", "text": "and"}, second]},
+            ]
+        }
+    )
+    assert request.conversation() == [
+        {"role": "system", "content": "look"},
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"}],
+        },
+    ]
+    assert request.image_urls() == [
+        ("messages.1.content.0.image_url", "https://example.com/a.png"),
+        ("messages.1.content.2.image_url", "data:image/png;base64,AA"),
+    ]
+    assert request.messages[1].text == "and"
 
 
 def test_chat_token_limit_defaults_and_legacy_name():
@@ -244,9 +273,19 @@ def test_chat_token_limit_defaults_and_legacy_name():
             "Input should be 'system', 'developer', 'user' or 'assistant' (got 'tool')",
         ),
         (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "data": "x"}]}]},
+            "messages.0.content",
+            "content part 0 has type 'input_audio'; only 'text' and 'image_url' are supported",
+        ),
+        (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
             "messages.0.content",
-            "content part 0 has type 'image_url'; only 'text' is supported",
+            "content part 0 must be {'type': 'image_url', 'image_url': {'url': <string>}}",
+        ),
+        (
+            {"messages": [{"role": "system", "content": [IMAGE_PART]}]},
+            "messages.0.content",
+            "content part 0: only user messages hold images, not system",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
@@ -256,7 +295,7 @@ def test_chat_token_limit_defaults_and_legacy_name():
         (
             {"messages": [{"role": "user", "content": 5}]},
             "messages.0.content",
-            "content must be a string or a list of text parts, got 5",
+            "content must be a string or a list of text and image_url parts, got 5",
         ),
         ({"messages": [{"role": "user"}]}, "messages.0.content", "required key is missing"),
         (

@@ -16,7 +16,9 @@ import engine.family_features
 from engine.errors import UnsupportedModelError
 from engine.families import (
     FAMILIES,
+    MULTIMODAL_FAMILIES,
     ModelFamily,
+    all_families,
     check_tp_size,
     get_family,
     supported_families_table,
@@ -24,7 +26,7 @@ from engine.families import (
 from engine.family_features import check_config
 from engine.loader import KVSpec, load_config, load_model
 from tests.conftest import FAMILIES as TESTED_FAMILIES
-from tests.conftest import tiny_config
+from tests.conftest import MULTIMODAL_FAMILY_CONFIGS, tiny_config
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
@@ -37,6 +39,30 @@ def test_docstring_examples_run(module):
 
 def test_every_registered_family_has_a_tiny_test_model_and_back():
     assert set(FAMILIES) == set(TESTED_FAMILIES)
+    assert set(MULTIMODAL_FAMILIES) == set(MULTIMODAL_FAMILY_CONFIGS)
+    assert all_families() == {**FAMILIES, **MULTIMODAL_FAMILIES}
+    assert all(f.is_multimodal for f in MULTIMODAL_FAMILIES.values())
+    assert not any(f.is_multimodal for f in FAMILIES.values())
+
+
+@pytest.mark.parametrize("model_type", list(MULTIMODAL_FAMILIES))
+def test_multimodal_family_class_matches_transformers(model_type):
+    """A family that takes images builds transformers' image-text-to-text class."""
+    family = MULTIMODAL_FAMILIES[model_type]
+    mapping = transformers.models.auto.modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    assert family.class_name == mapping[model_type]
+    assert family.model_class() is getattr(transformers, family.class_name)
+    config = MULTIMODAL_FAMILY_CONFIGS[model_type]()
+    assert family.is_tied_by_default == type(config)().tie_word_embeddings
+    assert family.unsupported_features(config) == []
+    check_config(config)
+    with pytest.raises(UnsupportedModelError, match=r"tp_size 2: .* does not run Llava-NeXT"):
+        check_tp_size(model_type, 2)
+
+
+def test_mllama_is_refused_by_name():
+    with pytest.raises(UnsupportedModelError, match=r"model_type 'mllama' is not supported"):
+        get_family("mllama")
 
 
 @pytest.mark.parametrize("model_type", list(FAMILIES))
@@ -101,7 +127,7 @@ def test_readme_lists_exactly_the_registered_families():
         "README.md's family table is out of step with engine.families; put this between "
         f"its markers:\n{expected}"
     )
-    assert len(expected.splitlines()) == 2 + len(FAMILIES)
+    assert len(expected.splitlines()) == 2 + len(all_families())
 
 
 @pytest.mark.parametrize("model_type", list(FAMILIES))
