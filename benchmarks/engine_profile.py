@@ -111,7 +111,7 @@ def profile_decode(engine, batch: int, context: int, num_steps: int = 10) -> str
 
     from engine import SamplingParams
 
-    vocab = engine.hf_config.vocab_size
+    vocab = engine.text_config.vocab_size
     params = SamplingParams(max_tokens=num_steps + 4, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         engine.add_request(f"p{i}", torch.randint(0, vocab, (context,)).tolist(), params)

@@ -158,7 +158,7 @@ def time_engine_decode(llm, batch: int, context: int, repeats: int = 10) -> floa
     from engine import SamplingParams
 
     engine = llm.engine
-    vocab = engine.hf_config.vocab_size
+    vocab = engine.text_config.vocab_size
     params = SamplingParams(max_tokens=repeats + 3, temperature=0.0, ignore_eos=True)
     for i in range(batch):
         engine.add_request(f"bare-{i}", torch.randint(0, vocab, (context,)).tolist(), params)

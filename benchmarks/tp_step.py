@@ -132,7 +132,7 @@ def measure(llm, batch: int, num_steps: int) -> Row:
     g = torch.Generator().manual_seed(batch)
     params = SamplingParams(max_tokens=num_steps + 8, temperature=0.0, ignore_eos=True)
     for i in range(batch):
-        prompt = torch.randint(3, engine.hf_config.vocab_size, (PROMPT_LEN,), generator=g)
+        prompt = torch.randint(3, engine.text_config.vocab_size, (PROMPT_LEN,), generator=g)
         engine.add_request(f"b{batch}-{i}", prompt.tolist(), params)
     while engine.scheduler.waiting or any(s.is_prefilling for s in engine.scheduler.running):
         engine.step()  # prefill (possibly chunked) until every request decodes

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Protocol
+from types import SimpleNamespace
+from typing import Any, Protocol
 
 from engine.config import EngineConfig
 from engine.devices import Device, MemoryStats, get_device
@@ -59,6 +60,25 @@ class Executor(Protocol):
         ...
 
 
+def kv_cache_config(hf_config: Any) -> Any:
+    """The config KVSpec reads: a multimodal model's KV cache is its text model's. The
+    text model of a cross-attention model (mllama_text_model) is no family of its own, so
+    its dimensions go under the model's own model_type (which the tensor-parallel check
+    reads)."""
+    text = hf_config.get_text_config()
+    if text is hf_config or get_family(hf_config.model_type).cross_attention is None:
+        return text
+    heads = text.num_attention_heads
+    return SimpleNamespace(
+        model_type=hf_config.model_type,
+        num_attention_heads=heads,
+        num_key_value_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+        hidden_size=text.hidden_size,
+        num_hidden_layers=text.num_hidden_layers,
+    )
+
+
 class LocalExecutor:
     """One rank, in this process."""
 
@@ -71,14 +91,14 @@ class LocalExecutor:
         kv_cache_dtype: str = "auto",
         quantization: str | None = None,
         quantization_stats: str | None = None,
+        max_num_seqs: int = 1,
     ):
         self.device: Device = get_device(device_name)
         hf_config = load_config(model_path)
         dtype = resolve_dtype(dtype_name, hf_config, self.device)
         family = get_family(hf_config.model_type)
-        # NOTE: the text model's config: a multimodal model's KV cache is its text model's.
         self.kv_spec = KVSpec.from_config(
-            hf_config.get_text_config(), dtype, kv_cache_dtype=kv_cache_dtype
+            kv_cache_config(hf_config), dtype, kv_cache_dtype=kv_cache_dtype
         )
         model = load_model(
             model_path, dtype, self.device.torch_device, quantization, quantization_stats
@@ -89,6 +109,9 @@ class LocalExecutor:
             self.kv_spec,
             block_size,
             encode_image=family.encode_image,
+            # a cross-attention model holds one image per running sequence at most
+            cross_attention=family.cross_attention,
+            num_image_slots=max_num_seqs,
         )
         self.profiler = RankProfiler()
 
@@ -168,6 +191,7 @@ def create_local_executor(config: EngineConfig, model_path: Path) -> LocalExecut
         kv_cache_dtype=config.kv_cache_dtype,
         quantization=config.quantization,
         quantization_stats=config.quantization_stats,
+        max_num_seqs=config.max_num_seqs,
     )
 
 

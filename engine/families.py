@@ -86,8 +86,13 @@ class ModelFamily:
         patches on the device, its real patch count and its (height, width) before
         processing; returns the image's feature vectors [num_placeholders, hidden], which
         replace its placeholder tokens' embeddings. None (the default): text only.
-    patch_buckets: with encode_image, called with the model's config; returns the patch
-        counts the vision tower runs at (engine.models.llava_next.PatchBuckets).
+    patch_buckets: with encode_image or cross_attention, called with the model's config;
+        returns the patch (tile) counts the vision model runs at
+        (engine.models.llava_next.PatchBuckets).
+    cross_attention: for a family whose text model reads images through cross-attention
+        layers (the images take no place among the prompt's embeddings): builds the device
+        side of its images, called with the built model, the number of images held at once
+        and the device (engine.models.mllama.CrossAttentionImages). None: no such layers.
     """
 
     model_type: str
@@ -99,11 +104,12 @@ class ModelFamily:
     unsupported_features: Callable[[Any], list[str]] = SHARED_UNSUPPORTED_FEATURES
     encode_image: Callable[..., Any] | None = None
     patch_buckets: Callable[[Any], Any] | None = None
+    cross_attention: Callable[..., Any] | None = None
 
     @property
     def is_multimodal(self) -> bool:
         """Whether prompts of this family may hold images (engine.multimodal)."""
-        return self.encode_image is not None
+        return self.encode_image is not None or self.cross_attention is not None
 
     def model_class(self) -> type:
         """The transformers class (imports transformers)."""
@@ -178,6 +184,20 @@ MULTIMODAL_FAMILIES: dict[str, ModelFamily] = {
             unsupported_features=imported("engine.models.llava_next", "unsupported_features"),
             encode_image=imported("engine.models.llava_next", "encode_image"),
             patch_buckets=imported("engine.models.llava_next", "patch_buckets"),
+        ),
+        # Llama 3.2 Vision: the vision model and projector run once per image at
+        # max_num_tiles tiles; the text model's cross-attention layers read each image's
+        # keys and values from a slot pool, its self-attention layers the paged cache
+        # (engine.models.mllama). One image per prompt. Tensor parallelism: refused.
+        ModelFamily(
+            "mllama",
+            "Llama 3.2 Vision",
+            "MllamaForConditionalGeneration",
+            is_tp_supported=False,
+            patch_model=imported("engine.models.mllama", "patch_model"),
+            unsupported_features=imported("engine.models.mllama", "unsupported_features"),
+            patch_buckets=imported("engine.models.mllama", "patch_buckets"),
+            cross_attention=imported("engine.models.mllama", "CrossAttentionImages"),
         ),
     )
 }

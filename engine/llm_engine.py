@@ -44,6 +44,7 @@ from engine.step_record import StepObserver, StepRecord
 from engine.strategy import DecodeStrategy
 
 if TYPE_CHECKING:
+    from engine.multimodal.cross_feed import CrossAttentionFeeder
     from engine.multimodal.feed import ImageFeeder
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class Engine:
         self._is_snapshot_requested = False
 
     # -- set-up -------------------------------------------------------------------------
-    def _image_feeder(self, config: EngineConfig) -> ImageFeeder | None:
+    def _image_feeder(self, config: EngineConfig) -> ImageFeeder | CrossAttentionFeeder | None:
         """The host side of images in steps, for a multimodal model (None: text only)."""
         if not self.family.is_multimodal:
             return None
@@ -115,6 +116,10 @@ class Engine:
                 f"({self.hf_config.model_type}) models, which take images: set speculative "
                 "to None"
             )
+        if self.family.cross_attention is not None:
+            from engine.multimodal.cross_feed import CrossAttentionFeeder
+
+            return CrossAttentionFeeder(self.patch_buckets.counts, config.max_num_seqs)
         from engine.multimodal.feed import ImageFeeder
 
         return ImageFeeder(self.patch_buckets.counts)
@@ -269,6 +274,19 @@ class Engine:
             raise ValueError(
                 "multi_modal_data: with images the prompt must be the token ids "
                 "MultiModalProcessor.process returned, not text"
+            )
+        is_cross = self.family.cross_attention is not None
+        if multi_modal.cross_attention != is_cross:
+            raise ValueError(
+                f"multi_modal_data: processed for another kind of model than the "
+                f"{self.family.name} ({self.hf_config.model_type}) model at {self.model_path}: "
+                "give the MultiModalInput this model's MultiModalProcessor returned"
+            )
+        max_images = self.image_feeder.max_images_per_prompt
+        if max_images is not None and multi_modal.num_images > max_images:
+            raise ValueError(
+                f"multi_modal_data: {multi_modal.num_images} images, and {self.family.name} "
+                f"({self.hf_config.model_type}) takes at most {max_images} per prompt"
             )
         image_token_id = self.hf_config.image_token_id
         multi_modal.check(token_ids, image_token_id, max(self.patch_buckets.counts))

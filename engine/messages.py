@@ -109,6 +109,31 @@ class MultiModalFeed:
 
 
 @dataclass
+class CrossImageEncode:
+    """An image a cross-attention model (Llama 3.2 Vision) encodes into pool slot `slot`
+    before the step's forward: its keys and values stay there until the slot is reused."""
+
+    slot: int
+    pixel_values: torch.Tensor  # [max_num_tiles, channels, height, width]: tiles, then zeros
+    num_tiles: int  # real tiles
+    aspect_ratio_id: int  # the processor's id of the image's tile grid
+
+
+@dataclass
+class CrossAttentionFeed:
+    """The images of a step of a cross-attention model. The runner encodes `encode`; row
+    i's cross-attention layers read pool slot slots[i] when rows[i] is 1 (a text-only or
+    padding row: 0), with mask[i] the processor's cross-attention mask rows of the
+    positions the row feeds."""
+
+    encode: list[CrossImageEncode]
+    # None (the three): no row has an image (warm-up)
+    slots: torch.Tensor | None  # [batch] long
+    rows: torch.Tensor | None  # [batch] float, 1 for a row with an image
+    mask: torch.Tensor | None  # [batch, query_len, 1, max_num_tiles] float 0/1
+
+
+@dataclass
 class ModelInput:
     """One padded step: every row feeds shape.query_len query tokens (left-padded)."""
 
@@ -122,7 +147,8 @@ class ModelInput:
     shape: StepShape
     num_tokens: int = 0  # real query tokens, padding excluded (the host's accounting)
     selector: TokenSelector | None = None  # replaces plain sampling when set
-    multi_modal: MultiModalFeed | None = None  # images of the step (multimodal models)
+    # images of the step (multimodal models; CrossAttentionFeed: cross-attention ones)
+    multi_modal: MultiModalFeed | CrossAttentionFeed | None = None
 
 
 class FeedRow(NamedTuple):

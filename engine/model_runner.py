@@ -6,6 +6,10 @@ device, by content hash, from the step that encodes it until a step releases it 
 decides both: engine.multimodal.feed). Its prefill steps run on `inputs_embeds`: the token
 embeddings with image features in place of the placeholders' (zeros and no image in a step
 without one, so each prefill shape has one graph); its decode steps run on input_ids.
+
+A cross-attention model (a family with `cross_attention`: Llama 3.2 Vision) keeps each
+image's keys and values in a slot pool instead (the family's device side), and every step
+passes each row's slot and cross-attention mask rows (engine.multimodal.cross_feed).
 """
 
 from __future__ import annotations
@@ -19,14 +23,21 @@ import torch
 from engine.attention import PagedMetadata
 from engine.devices import Device
 from engine.loader import KVSpec
-from engine.messages import ModelInput, MultiModalFeed, SamplingInput, StepOutput
+from engine.messages import (
+    CrossAttentionFeed,
+    ModelInput,
+    MultiModalFeed,
+    SamplingInput,
+    StepOutput,
+)
 from engine.sampler import sample
 from engine.shapes import StepShape
 
 
 class ModelRunner:
     """encode_image: the model family's image encoder (engine.families), None for a
-    text-only model."""
+    text-only model. cross_attention: the family's device side of images for a
+    cross-attention model, built with num_image_slots slots (None: no such layers)."""
 
     def __init__(
         self,
@@ -35,6 +46,8 @@ class ModelRunner:
         kv_spec: KVSpec,
         block_size: int,
         encode_image: Callable[..., torch.Tensor] | None = None,
+        cross_attention: Callable[..., Any] | None = None,
+        num_image_slots: int = 1,
     ):
         self.model = model
         self.device = device
@@ -46,6 +59,9 @@ class ModelRunner:
         self.num_eager_runs = 0
         self.encode_image = encode_image
         self.image_features: dict[int, torch.Tensor] = {}  # hash -> [num_tokens, hidden]
+        self.cross_attention = None
+        if cross_attention is not None:
+            self.cross_attention = cross_attention(model, num_image_slots, device.torch_device)
 
     def init_kv_cache(self, num_blocks: int) -> None:
         """Allocate per layer K and V pools: [num_blocks, block_size, kv_heads, head_dim] of
@@ -76,7 +92,10 @@ class ModelRunner:
             "block_tables": inp.block_tables.to(dev, non_blocking=True),
             "mask": PagedMetadata.causal_mask(positions, num_context),
         }
-        if self.encode_image is not None and inp.kind == "prefill":
+        if self.cross_attention is not None:
+            batch, q_len = inp.input_ids.shape
+            inputs.update(self.cross_attention.step_inputs(inp.multi_modal, batch, q_len))
+        elif self.encode_image is not None and inp.kind == "prefill":
             inputs["image_embeds"], inputs["image_mask"] = self.prepare_image_inputs(inp)
         return inputs
 
@@ -99,9 +118,12 @@ class ModelRunner:
         embeds = table.index_select(0, index).view(batch, q_len, -1)
         return embeds, feed.image_mask.to(dev, non_blocking=True).unsqueeze(-1)
 
-    def run_image_encoders(self, feed: MultiModalFeed | None) -> None:
+    def run_image_encoders(self, feed: MultiModalFeed | CrossAttentionFeed | None) -> None:
         """Encode the feed's new images and keep their features."""
         if feed is None:
+            return
+        if self.cross_attention is not None:
+            self.cross_attention.encode(feed)
             return
         dev = self.device.torch_device
         dtype = self.model.get_input_embeddings().weight.dtype
@@ -116,8 +138,10 @@ class ModelRunner:
                 )
             self.image_features[image.image_hash] = features
 
-    def release_images(self, feed: MultiModalFeed | None) -> None:
-        for image_hash in feed.release if feed is not None else ():
+    def release_images(self, feed: MultiModalFeed | CrossAttentionFeed | None) -> None:
+        if not isinstance(feed, MultiModalFeed):
+            return  # a cross-attention model's slots are reused, never released
+        for image_hash in feed.release:
             self.image_features.pop(image_hash, None)
 
     def run_forward(
@@ -130,16 +154,22 @@ class ModelRunner:
         num_logits: int = 1,
         image_embeds: torch.Tensor | None = None,
         image_mask: torch.Tensor | None = None,
+        cross_slots: torch.Tensor | None = None,
+        cross_rows: torch.Tensor | None = None,
+        cross_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Padded forward over the paged cache -> logits [batch, num_logits, vocab] for the
         last num_logits positions of every row. Static shapes only: capturable.
         image_embeds/image_mask (a multimodal prefill): where the mask is set, the image
-        feature replaces the token's embedding."""
+        feature replaces the token's embedding. cross_* (a cross-attention model): each
+        row's pool slot, image flag and cross-attention mask rows."""
         paged = PagedMetadata(self.kv_caches, slot_mapping, block_tables, positions, mask)
         tokens: dict[str, Any] = {"input_ids": input_ids}
         if image_embeds is not None:
             embeds = self.model.get_input_embeddings()(input_ids)
             tokens = {"inputs_embeds": torch.where(image_mask, image_embeds, embeds)}
+        if cross_slots is not None:
+            tokens.update(self.cross_attention.forward_kwargs(cross_slots, cross_rows, cross_mask))
         out = self.model(
             **tokens,
             position_ids=positions,

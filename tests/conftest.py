@@ -138,7 +138,10 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer_dir):
 # image becomes 10-24 placeholder tokens, depending on its size and aspect ratio.
 TINY_LLAVA_PINPOINTS = [[28, 56], [56, 28], [56, 56]]
 # multimodal family -> the config of its tiny model (engine.families.MULTIMODAL_FAMILIES)
-MULTIMODAL_FAMILY_CONFIGS = {"llava_next": lambda: tiny_llava_next_config()}
+MULTIMODAL_FAMILY_CONFIGS = {
+    "llava_next": lambda: tiny_llava_next_config(),
+    "mllama": lambda: tiny_mllama_config(),
+}
 TINY_LLAVA_CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}"
     "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<image>\n"
@@ -209,6 +212,83 @@ def tiny_llava_next_dir(tmp_path_factory, tiny_tokenizer_dir):
     """Directory of a tiny random Llava-NeXT (`llava_next`) model with its processor."""
     out = tmp_path_factory.mktemp("tiny-llava_next")
     build_tiny_llava_next(out, tiny_tokenizer_dir)
+    return out
+
+
+# Llama 3.2 Vision: a tiny vision model (28 px tiles of 14 px patches, up to 2 tiles: 10
+# image tokens) and a tiny 4-layer text model whose layers 1 and 3 cross-attend, over the
+# tiny tokenizer plus an `<|image|>` token (one per image, no placeholders to expand).
+TINY_MLLAMA_CROSS_LAYERS = [1, 3]
+
+
+def tiny_mllama_config(image_token_id: int = TINY_VOCAB):
+    """The tiny Llama 3.2 Vision's config."""
+    from transformers import MllamaConfig
+
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_global_layers=1,
+        attention_heads=2,
+        image_size=28,
+        patch_size=14,
+        max_num_tiles=2,
+        intermediate_layers_indices=[0],
+        vision_output_dim=64,  # hidden_size x (1 + intermediate layers)
+        supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]],
+    )
+    text = dict(
+        vocab_size=TINY_VOCAB + 8,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        cross_attention_layers=TINY_MLLAMA_CROSS_LAYERS,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return MllamaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id)
+
+
+def build_tiny_mllama(out_dir, tokenizer_dir) -> None:
+    """A tiny random MllamaForConditionalGeneration (its cross-attention gates, zero at
+    initialization, set nonzero so the image changes the output), its tokenizer (with
+    `<|image|>`) and its processor (MllamaImageProcessorPil: pillow only)."""
+    from transformers import (
+        AutoTokenizer,
+        MllamaForConditionalGeneration,
+        MllamaImageProcessorPil,
+        MllamaProcessor,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|image|>"]})
+    tokenizer.chat_template = TINY_LLAVA_CHAT_TEMPLATE.replace("<image>", "<|image|>")
+    image_processor = MllamaImageProcessorPil(size={"height": 28, "width": 28}, max_image_tiles=2)
+    processor = MllamaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template
+    )
+    config = tiny_mllama_config(tokenizer.convert_tokens_to_ids("<|image|>"))
+    torch.manual_seed(1234)
+    model = MllamaForConditionalGeneration(config)
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            if hasattr(layer, "cross_attn_attn_gate"):
+                layer.cross_attn_attn_gate.fill_(0.8)
+                layer.cross_attn_mlp_gate.fill_(-0.6)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_mllama_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """Directory of a tiny random Llama 3.2 Vision (`mllama`) model with its processor."""
+    out = tmp_path_factory.mktemp("tiny-mllama")
+    build_tiny_mllama(out, tiny_tokenizer_dir)
     return out
 
 

@@ -205,7 +205,7 @@ def run_check_waves(engine: Any, grid: CalibrationGrid) -> list[Any]:
     previous = engine.step_observer
     engine.step_observer = records.append
     rng = random.Random(grid.seed)
-    vocab = engine.hf_config.vocab_size
+    vocab = engine.text_config.vocab_size
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     try:
         for wave, batch in enumerate(batches):

@@ -77,8 +77,10 @@ def engine_forward(model_path: str | os.PathLike) -> tuple[torch.nn.Module, Call
     runner = engine.executor.runner
     shapes = [engine.shaper.prefill_shape(2, 16, 1), engine.shaper.decode_shape(2, 2)]
     inputs = [dummy_model_input(shape) for shape in shapes]
+    is_cross = engine.family.cross_attention is not None
     if engine.image_feeder is not None:
-        inputs[0].multi_modal = image_feed(engine, inputs[0])
+        feed = cross_image_feed if is_cross else image_feed
+        inputs[0].multi_modal = feed(engine, inputs[0])
         with torch.inference_mode():
             runner.run_image_encoders(inputs[0].multi_modal)  # for the prepared inputs
     steps = [runner.prepare_inputs(inp) for inp in inputs]
@@ -87,7 +89,8 @@ def engine_forward(model_path: str | os.PathLike) -> tuple[torch.nn.Module, Call
         with torch.inference_mode():
             if engine.image_feeder is not None:
                 runner.run_image_encoders(inputs[0].multi_modal)
-                runner.prepare_image_inputs(inputs[0])
+                if not is_cross:
+                    runner.prepare_image_inputs(inputs[0])
             for step in steps:
                 runner.run_forward(**step)
 
@@ -114,6 +117,23 @@ def image_feed(engine, inp):
     encode = ImageEncode(image_hash, pixels, bucket, buckets.sizes[bucket], num_tokens)
     mask = (index > 0).view(batch, q_len)
     return MultiModalFeed([encode], [image_hash], index, mask, [])
+
+
+def cross_image_feed(engine, inp):
+    """A cross-attention model's feed encoding one image of max_num_tiles tiles (zeros)
+    into pool slot 0, which every row of the prefill reads at every position."""
+    from engine.messages import CrossAttentionFeed, CrossImageEncode
+
+    buckets = engine.patch_buckets
+    tiles = max(buckets.counts)
+    batch, q_len = inp.input_ids.shape
+    encode = CrossImageEncode(0, torch.zeros((tiles, *buckets.patch_shape)), tiles, 1)
+    return CrossAttentionFeed(
+        [encode],
+        torch.zeros(batch, dtype=torch.long),
+        torch.ones(batch),
+        torch.ones((batch, q_len, 1, tiles)),
+    )
 
 
 def audit_model(

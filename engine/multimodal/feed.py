@@ -44,6 +44,8 @@ class ImageFeeder:
     bucket misses when first used.
     """
 
+    max_images_per_prompt: int | None = None  # no limit
+
     def __init__(self, buckets: tuple[int, ...]):
         self.buckets = buckets
         self.warmed: set[int] = set()

@@ -10,6 +10,14 @@ tokens. Block 0 (positions 0-3) and block 1 (4-7) overlap it; block 2 (8-11) doe
 >>> mm = MultiModalInput((7,), ((2, 6),), (np.zeros((1, 3, 2, 2), np.float32),), ((2, 2),))
 >>> mm.block_extra_keys(num_tokens=12, block_size=4)
 [(7,), (7,), ()]
+
+A cross-attention model's image (Llama 3.2 Vision: one image token, at 6) weighs on every
+token's KV, the tokens before it too, so every block chains it in:
+
+>>> mm = MultiModalInput((7,), ((6, 1),), (np.zeros((1, 3, 2, 2), np.float32),), ((2, 2),),
+...                      aspect_ratio_ids=(1,), cross_attention=True)
+>>> mm.block_extra_keys(num_tokens=12, block_size=4)
+[(7,), (7,), (7,)]
 """
 
 from __future__ import annotations
@@ -31,12 +39,20 @@ class MultiModalInput:
     pixel_values: per image, its real patches [num_patches, channels, height, width]
         (float32 numpy: the base image, then the anyres grid's tiles).
     image_sizes: per image, its (height, width) before processing (anyres unpadding).
+    aspect_ratio_ids: per image, the processor's id of its tile grid (a cross-attention
+        model: Llama 3.2 Vision, whose pixel_values are the image's real tiles); () else.
+    cross_attention: the images reach the text model through cross-attention layers
+        rather than in place of the placeholders: every prompt token's KV then depends on
+        every image (tokens before an image attend to it too), so every block chains in
+        every image's hash.
     """
 
     image_hashes: tuple[int, ...]
     placeholder_ranges: tuple[tuple[int, int], ...]
     pixel_values: tuple[Any, ...]
     image_sizes: tuple[tuple[int, int], ...]
+    aspect_ratio_ids: tuple[int, ...] = ()
+    cross_attention: bool = False
 
     def __post_init__(self) -> None:
         counts = {
@@ -60,6 +76,12 @@ class MultiModalInput:
                     f"order with length >= 1, got {self.placeholder_ranges}"
                 )
             end = start + length
+        if self.cross_attention and len(self.aspect_ratio_ids) != len(self.image_hashes):
+            raise ValueError(
+                "multi_modal.aspect_ratio_ids must have one entry per image with "
+                f"cross_attention, got {len(self.aspect_ratio_ids)} for "
+                f"{len(self.image_hashes)} images"
+            )
 
     @property
     def num_images(self) -> int:
@@ -102,6 +124,8 @@ class MultiModalInput:
     def block_extra_keys(self, num_tokens: int, block_size: int) -> list[tuple[int, ...]]:
         """Per full block of the first num_tokens prompt tokens, the hashes of the images
         overlapping it (() for none): `engine.prefix_block_hashes(..., extra_keys=...)`."""
+        if self.cross_attention:
+            return [self.image_hashes] * (num_tokens // block_size)
         keys: list[tuple[int, ...]] = []
         for i in range(num_tokens // block_size):
             lo, hi = i * block_size, (i + 1) * block_size

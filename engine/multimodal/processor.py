@@ -3,8 +3,8 @@
 The ingress and `LLM.generate` both call `MultiModalProcessor.process` (or `process_chat`),
 so the replica receives the ids and the processed images it does not process again.
 Importing this module loads neither torch nor transformers; `load` loads the processor
-(transformers, pillow): Llava-NeXT's `LlavaNextImageProcessorPil`, which needs no
-torchvision.
+(transformers, pillow): Llava-NeXT's `LlavaNextImageProcessorPil` or Llama 3.2 Vision's
+`MllamaImageProcessorPil`, which need no torchvision.
 """
 
 from __future__ import annotations
@@ -50,8 +50,14 @@ class MultiModalProcessor:
         self.image_placeholder: str = hf_processor.image_token
         self.image_token_id: int = hf_processor.image_token_id
         image_processor = hf_processor.image_processor
-        self._crop = _crop_size(image_processor)
-        self._pinpoints = [list(p) for p in image_processor.image_grid_pinpoints]
+        from engine.families import get_family
+
+        # a cross-attention model (Llama 3.2 Vision): one image token per image, its tiles
+        self.family = get_family(model_type)
+        self.is_cross_attention = self.family.cross_attention is not None
+        if not self.is_cross_attention:
+            self._crop = _crop_size(image_processor)
+            self._pinpoints = [list(p) for p in image_processor.image_grid_pinpoints]
         self._fingerprint = processor_fingerprint(
             model_type + image_processor.to_json_string() + str(self.image_placeholder)
         )
@@ -92,6 +98,11 @@ class MultiModalProcessor:
                 f"{num_placeholders} {self.image_placeholder!r} placeholder(s); give one "
                 "image per placeholder"
             )
+        if self.is_cross_attention and len(images) > 1:
+            raise ValueError(
+                f'multi_modal_data["image"] has {len(images)} images: {self.family.name} '
+                f"({self.model_type}) takes at most one image per prompt"
+            )
         if not images:
             ids = self.hf_processor.tokenizer.encode(text, add_special_tokens=add_special_tokens)
             return ids, MultiModalInput((), (), (), ())
@@ -99,6 +110,8 @@ class MultiModalProcessor:
             text=[text], images=images, return_tensors="np", add_special_tokens=add_special_tokens
         )
         ids = [int(t) for t in out["input_ids"][0]]
+        if self.is_cross_attention:
+            return ids, self._cross_attention_input(ids, out, images)
         sizes = [(int(h), int(w)) for h, w in out["image_sizes"]]
         pixel_values = [
             out["pixel_values"][i][: self.num_patches(size)] for i, size in enumerate(sizes)
@@ -109,6 +122,22 @@ class MultiModalProcessor:
             placeholder_ranges=_placeholder_ranges(ids, self.image_token_id, counts),
             pixel_values=tuple(pixel_values),
             image_sizes=tuple(sizes),
+        )
+
+    def _cross_attention_input(
+        self, ids: list[int], out: Any, images: list[Any]
+    ) -> MultiModalInput:
+        """The MultiModalInput of a cross-attention model's processor output: each image's
+        token, its real tiles and its tile grid's id."""
+        positions = [i for i, t in enumerate(ids) if t == self.image_token_id]
+        num_tiles = [int(n) for n in out["aspect_ratio_mask"][0].sum(-1)]
+        return MultiModalInput(
+            image_hashes=tuple(image_hash(im, self._fingerprint) for im in images),
+            placeholder_ranges=tuple((p, 1) for p in positions),
+            pixel_values=tuple(out["pixel_values"][0][k][:n] for k, n in enumerate(num_tiles)),
+            image_sizes=tuple((im.height, im.width) for im in images),
+            aspect_ratio_ids=tuple(int(a) for a in out["aspect_ratio_ids"][0]),
+            cross_attention=True,
         )
 
     def process_chat(

@@ -124,7 +124,7 @@ def _refiller(engine: Any, workload: Workload) -> Callable[[], None]:
             f"engine's max_model_len {max_len}"
         )
     rng = random.Random(workload.seed)
-    vocab = engine.hf_config.vocab_size
+    vocab = engine.text_config.vocab_size
     params = SamplingParams(max_tokens=workload.max_tokens, temperature=0.0, ignore_eos=True)
     waves = [0]
 

@@ -40,8 +40,12 @@ def images_url():
 
 
 @pytest.fixture(scope="module")
-def base_url(tiny_llava_next_dir, tiny_model_dir):
-    models = [model_entry("vlm", tiny_llava_next_dir), model_entry("text", tiny_model_dir("llama"))]
+def base_url(tiny_llava_next_dir, tiny_mllama_dir, tiny_model_dir):
+    models = [
+        model_entry("vlm", tiny_llava_next_dir),
+        model_entry("text", tiny_model_dir("llama")),
+        model_entry("mllama", tiny_mllama_dir),
+    ]
     with running_app(models) as url:
         yield url
 
@@ -107,6 +111,26 @@ def test_openai_chat_with_a_data_url_and_an_http_url_equals_offline(
     assert "".join(c.choices[0].delta.content or "" for c in stream) == expected
 
 
+def test_llama_3_2_vision_over_openai_chat_equals_offline(client, tiny_mllama_dir, images_url):
+    """The cross-attention architecture behind the same routes: an image as a data: URL
+    and as an http URL."""
+    processor = MultiModalProcessor.load(tiny_mllama_dir)
+    messages = chat(data_url(encode(CAT)))
+    llm = offline_llm(tiny_mllama_dir)
+    try:
+        expected = offline_text(llm, chat_prompt(processor, messages), [CAT])
+    finally:
+        llm.shutdown()
+    response = client.chat.completions.create(
+        model="mllama", messages=messages, max_tokens=MAX_TOKENS, **GREEDY
+    )
+    assert response.choices[0].message.content == expected
+    by_http = client.chat.completions.create(
+        model="mllama", messages=chat(f"{images_url}/cat.png"), max_tokens=MAX_TOKENS, **GREEDY
+    )
+    assert by_http.choices[0].message.content == expected
+
+
 def test_another_image_with_the_same_text_shares_no_image_block(client, offline, processor):
     messages = chat(data_url(encode(DOG)))
     expected = offline_text(offline, chat_prompt(processor, messages), [DOG])
@@ -134,7 +158,7 @@ def test_tgi_client_with_markdown_images_equals_offline(base_url, offline, image
 
 def test_models_and_info_say_which_models_take_images(client, base_url):
     modalities = {m.id: m.input_modalities for m in client.models.list()}
-    assert modalities == {"vlm": ["text", "image"], "text": ["text"]}
+    assert modalities == {"vlm": ["text", "image"], "text": ["text"], "mllama": ["text", "image"]}
     info = httpx.get(f"{base_url}/info", timeout=30).json()
     assert info["model_id"] == "vlm" and info["model_pipeline_tag"] == "image-text-to-text"
     info = httpx.get(f"{base_url}/info?model=text", timeout=30).json()

@@ -53,16 +53,19 @@ def test_multimodal_family_class_matches_transformers(model_type):
     assert family.class_name == mapping[model_type]
     assert family.model_class() is getattr(transformers, family.class_name)
     config = MULTIMODAL_FAMILY_CONFIGS[model_type]()
-    assert family.is_tied_by_default == type(config)().tie_word_embeddings
+    default = type(config)()
+    tied = getattr(default, "tie_word_embeddings", default.get_text_config().tie_word_embeddings)
+    assert family.is_tied_by_default == tied
     assert family.unsupported_features(config) == []
     check_config(config)
-    with pytest.raises(UnsupportedModelError, match=r"tp_size 2: .* does not run Llava-NeXT"):
+    with pytest.raises(UnsupportedModelError, match=rf"tp_size 2: .* does not run {family.name}"):
         check_tp_size(model_type, 2)
 
 
-def test_mllama_is_refused_by_name():
-    with pytest.raises(UnsupportedModelError, match=r"model_type 'mllama' is not supported"):
-        get_family("mllama")
+def test_mllama_reads_images_through_cross_attention():
+    family = get_family("mllama")
+    assert family.name == "Llama 3.2 Vision" and family.cross_attention is not None
+    assert family.is_multimodal and family.encode_image is None
 
 
 @pytest.mark.parametrize("model_type", list(FAMILIES))

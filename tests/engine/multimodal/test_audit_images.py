@@ -1,5 +1,6 @@
-"""`gaudi-serve audit` on the tiny Llava-NeXT: the engine's forward, an image encoded at a
-patch bucket and a prefill taking its features included, is clean."""
+"""`gaudi-serve audit` on the tiny vision-language models: the engine's forward, an image
+encoded (at a patch bucket, or into a cross-attention slot) and a prefill taking it
+included, is clean."""
 
 from __future__ import annotations
 
@@ -16,4 +17,10 @@ def test_engine_forward_with_an_image_audits_clean(tiny_llava_next_dir, tiny_mod
 
 def test_cli_audit_exits_0(tiny_llava_next_dir, capsys):
     assert cli_main(["audit", "--model", str(tiny_llava_next_dir)]) == 0
+    assert "clean" in capsys.readouterr().out.lower()
+
+
+def test_cli_audit_of_llama_3_2_vision_exits_0(tiny_mllama_dir, capsys):
+    """mllama: an image encoded into a cross-attention slot, a prefill reading it."""
+    assert cli_main(["audit", "--model", str(tiny_mllama_dir)]) == 0
     assert "clean" in capsys.readouterr().out.lower()
