@@ -1,6 +1,11 @@
 """Speculative decoding on the bundled code model and its draft, in one run.
 
     .venv/bin/python -m benchmarks.speculative            # batch 1 and batch 16
+    .venv/bin/python -m benchmarks.speculative --model smollm2 --prompts chat --batch-sizes 1
+
+--model smollm2 runs smollm2-135m-instruct with its draft smollm2-135m-instruct-draft (both
+prepared by `gaudi-serve models prepare`) instead of pycoder and pycoder-draft; --prompts
+chat asks it fixed questions through its chat template instead of the code prompts.
 
 Workload: code-completion prompts cut from held-out Python source (the stdlib slice of
 benchmarks.workload.code_prompts), greedy, EOS ignored so every system generates the same
@@ -37,6 +42,61 @@ import torch
 from benchmarks.workload import code_prompts
 
 SYSTEMS = ("none", "draft", "ngram", "hybrid", "adaptive", "adaptive-hybrid")
+MODELS = ("pycoder", "smollm2")
+PROMPTS = ("code", "chat")
+CHAT_QUESTIONS = (
+    "What is the capital of France?",
+    "Write a Python function that returns the nth Fibonacci number.",
+    "Explain what a hash table is in two sentences.",
+    "Give me three tips for writing clear emails.",
+    "How do I reverse a list in Python?",
+    "What causes the seasons on Earth?",
+    "Write a haiku about the sea.",
+    "Summarise the plot of Romeo and Juliet.",
+    "What is the difference between a list and a tuple in Python?",
+    "Name five fruits that are rich in vitamin C.",
+    "How does a bicycle stay upright?",
+    "Write a SQL query that counts the rows of a table named users.",
+    "Why is the sky blue?",
+    "Translate 'good morning' into French and Spanish.",
+    "What is recursion? Give a short example.",
+    "List the planets of the solar system in order.",
+)
+
+
+def model_paths(model: str):
+    """(target folder, draft folder) of `model`: pycoder and pycoder-draft, or the prepared
+    smollm2-135m-instruct and smollm2-135m-instruct-draft."""
+    from cluster.env import models_dir
+    from engine.assets import (
+        DEFAULT_MODEL_NAME,
+        DRAFT_MODEL_NAME,
+        default_draft_model_path,
+        default_model_path,
+    )
+
+    if model == "pycoder":
+        return default_model_path("pycoder"), default_draft_model_path()
+    return (
+        default_model_path(DEFAULT_MODEL_NAME, models_dir()),
+        default_model_path(DRAFT_MODEL_NAME, models_dir()),
+    )
+
+
+def chat_prompts(tokenizer, num_prompts: int) -> list[list[int]]:
+    """The first num_prompts CHAT_QUESTIONS (cycled) as one-turn chats, token ids."""
+    questions = [CHAT_QUESTIONS[i % len(CHAT_QUESTIONS)] for i in range(num_prompts)]
+    return [
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": q}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        )
+        for q in questions
+    ]
 
 
 def parse_args(argv=None):
@@ -53,6 +113,8 @@ def parse_args(argv=None):
     p.add_argument("--no-hf", action="store_true", help="skip the transformers systems")
     p.add_argument("--batch-sizes", default=None, help="comma list (default: 1,--batch)")
     p.add_argument("--json", default=None, help="write results here")
+    p.add_argument("--model", choices=MODELS, default=MODELS[0], help="target and its draft")
+    p.add_argument("--prompts", choices=PROMPTS, default=PROMPTS[0], help="chat: smollm2 only")
     return p.parse_args(argv)
 
 
@@ -60,19 +122,26 @@ def make_llm(system: str, args, batch: int):
     from engine import LLM, SpeculativeConfig
 
     k = args.num_speculative_tokens
+    target, draft = (str(p) for p in model_paths(args.model))
     spec = {
         "none": None,
-        "draft": SpeculativeConfig(method="draft", num_speculative_tokens=k, adaptive=False),
+        "draft": SpeculativeConfig(
+            method="draft", num_speculative_tokens=k, adaptive=False, draft_model=draft
+        ),
         "ngram": SpeculativeConfig(method="ngram", num_speculative_tokens=k, adaptive=False),
-        "hybrid": SpeculativeConfig(method="hybrid", num_speculative_tokens=k, adaptive=False),
-        "adaptive": SpeculativeConfig(method="draft", num_speculative_tokens=k, adaptive=True),
+        "hybrid": SpeculativeConfig(
+            method="hybrid", num_speculative_tokens=k, adaptive=False, draft_model=draft
+        ),
+        "adaptive": SpeculativeConfig(
+            method="draft", num_speculative_tokens=k, adaptive=True, draft_model=draft
+        ),
         "adaptive-hybrid": SpeculativeConfig(
-            method="hybrid", num_speculative_tokens=k, adaptive=True
+            method="hybrid", num_speculative_tokens=k, adaptive=True, draft_model=draft
         ),
     }[system]
     max_model_len = args.max_len + args.max_new + 16
     return LLM(
-        None,
+        target,
         device="cpu",
         dtype="float32",
         max_num_seqs=batch,
@@ -123,15 +192,14 @@ def run_hf(target, draft, prompts, args) -> tuple[Timer, list[list[int]]]:
     return timer, outs
 
 
-def load_hf_pair():
+def load_hf_pair(model: str):
     from transformers import AutoModelForCausalLM
-
-    from engine.assets import default_draft_model_path, default_model_path
 
     def load(path):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
-    return load(default_model_path("pycoder")), load(default_draft_model_path())
+    target, draft = model_paths(model)
+    return load(target), load(draft)
 
 
 def step_costs(llm, batch: int, k: int, context: int) -> dict[str, float]:
@@ -262,18 +330,22 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    from engine.assets import default_model_path
     from engine.loader import load_tokenizer
 
-    tokenizer = load_tokenizer(default_model_path("pycoder"))
+    if args.prompts == "chat" and args.model != "smollm2":
+        raise SystemExit(f"--prompts chat needs --model smollm2, got --model {args.model}")
+    tokenizer = load_tokenizer(model_paths(args.model)[0])
     num_prompts = max(args.num_prompts, args.batch)
-    prompts = code_prompts(tokenizer, num_prompts, args.min_len, args.max_len)
+    if args.prompts == "chat":
+        prompts = chat_prompts(tokenizer, num_prompts)
+    else:
+        prompts = code_prompts(tokenizer, num_prompts, args.min_len, args.max_len)
     print(
         f"load average before: {os.getloadavg()}, torch threads {torch.get_num_threads()}, "
         f"{args.max_new} new tokens, prompts {args.min_len}-{args.max_len} tokens, "
-        f"k={args.num_speculative_tokens}"
+        f"k={args.num_speculative_tokens}, model {args.model}, {args.prompts} prompts"
     )
-    hf_pair = None if args.no_hf else load_hf_pair()
+    hf_pair = None if args.no_hf else load_hf_pair(args.model)
     batch_sizes = [int(b) for b in (args.batch_sizes or f"1,{args.batch}").split(",")]
     all_results = {}
     for batch in batch_sizes:

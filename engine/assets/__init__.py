@@ -6,8 +6,11 @@ folder, ``~/.cache/gaudi-serve/models`` unless the caller passes another (the se
 pass ``GAUDI_SERVE_MODELS_DIR``). Two small Llama models trained on the Python standard
 library are bundled in the package (see ``MODEL_CARD.md`` and ``engine.assets.train``): the
 code model ``pycoder``, the fallback when SmolLM2 is not prepared, and its
-speculative-decoding draft ``pycoder-draft``, which share one tokenizer. Each lives in a
-Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` loads offline.
+speculative-decoding draft ``pycoder-draft``, which share one tokenizer. SmolLM2's own
+draft, ``smollm2-135m-instruct-draft``, is found next to it once built and assembled
+locally (``engine.assets.smollm2_draft``; not shipped: it does not speed decoding up on the
+CPU). Each lives in a Hugging Face directory that
+``AutoModelForCausalLM.from_pretrained`` loads offline.
 
 Nothing here imports torch or transformers: finding a model is cheap.
 """
@@ -22,6 +25,7 @@ __all__ = [
     "BUNDLED_MODEL_NAMES",
     "DEFAULT_DRAFT_MODEL_NAME",
     "DEFAULT_MODEL_NAME",
+    "DRAFT_MODEL_NAME",
     "FALLBACK_MODEL_NAME",
     "MODEL_NAMES",
     "PREPARED_MARKER",
@@ -36,8 +40,10 @@ __all__ = [
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 FALLBACK_MODEL_NAME = "pycoder"
 DEFAULT_DRAFT_MODEL_NAME = "pycoder-draft"
+# SmolLM2's draft (a `draft_model` for speculative decoding on smollm2-135m-instruct)
+DRAFT_MODEL_NAME = "smollm2-135m-instruct-draft"
 BUNDLED_MODEL_NAMES = (FALLBACK_MODEL_NAME, DEFAULT_DRAFT_MODEL_NAME)
-PREPARED_MODEL_NAMES = (DEFAULT_MODEL_NAME,)
+PREPARED_MODEL_NAMES = (DEFAULT_MODEL_NAME, DRAFT_MODEL_NAME)
 MODEL_NAMES = (*PREPARED_MODEL_NAMES, *BUNDLED_MODEL_NAMES)
 # Written last into a prepared folder; its "format" must be PREPARED_FORMAT (a newer
 # conversion bumps it, and `gaudi-serve models prepare` then converts again).
@@ -85,8 +91,9 @@ def default_model_path(
 
     Raises:
         ValueError: for a name gaudi-serve does not provide.
-        FileNotFoundError: for ``smollm2-135m-instruct`` when it is not prepared, or a
-            bundled model whose files are missing.
+        FileNotFoundError: for a prepared model (``smollm2-135m-instruct`` or its draft
+            ``smollm2-135m-instruct-draft``) that is not prepared, or a bundled model whose
+            files are missing.
     """
     if name is None:
         found = prepared_model_path(DEFAULT_MODEL_NAME, models_dir)

@@ -115,9 +115,13 @@ def test_requests_sharing_a_prefix_land_where_it_is_cached(app):
 
 
 def test_text_token_ids_and_chat_prompts_hash_the_same(app, encoder):
-    text = "def fibonacci(n): return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2) " * 2
+    # NOTE: the tiny tokenizer is trained on engine source, so token counts move with it:
+    # keep the chat (the text plus ~20 template tokens) well under max_model_len 128.
+    text = "def fibonacci(n): return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2) "
+    text += "# the nth Fibonacci number"
     ids = encoder.encode(text)
     assert len(ids) > 2 * BLOCK
+    assert len(encoder.encode_chat([{"role": "user", "content": text}])) < 100
     complete(app, text)
     num_blocks = (len(ids) - 1) // BLOCK
     wait_until(lambda: max(mirrored_blocks(app).values(), default=0) >= num_blocks, 30)
