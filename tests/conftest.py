@@ -359,3 +359,26 @@ _hf_models: dict[str, object] = {}
 def random_prompts(lengths, vocab=TINY_VOCAB, seed=0) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(3, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+# Staggered arrivals: requests join a running batch at different steps and leave it at
+# different steps (different max_tokens). step -> indexes of the prompts arriving then.
+STAGGERED_MAX_TOKENS = (14, 6, 10, 3, 8)
+STAGGERED_ARRIVALS = {0: [0, 1], 2: [2], 3: [3], 7: [4]}
+
+
+def run_staggered(engine, prompts, max_tokens=STAGGERED_MAX_TOKENS, arrivals=None):
+    """Step `engine` (an engine.LLMEngine) with prompt i added at its arrival step, greedy
+    and ignoring EOS, until nothing is left; {"r<i>": generated token ids}."""
+    from engine import SamplingParams
+
+    arrivals = STAGGERED_ARRIVALS if arrivals is None else arrivals
+    results, step = {}, 0
+    while step <= max(arrivals) or engine.has_unfinished:
+        for i in arrivals.get(step, []):
+            params = SamplingParams(max_tokens=max_tokens[i], temperature=0.0, ignore_eos=True)
+            engine.add_request(f"r{i}", prompts[i], params)
+        for out in engine.step(stream=False):
+            results[out.request_id] = out.token_ids
+        step += 1
+    return results

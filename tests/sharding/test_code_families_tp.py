@@ -19,7 +19,7 @@ import ray
 from cluster.ray_env import ensure_ray
 from engine import LLM, SamplingParams
 from engine.errors import UnsupportedModelError
-from tests.conftest import assert_engine_idle, random_prompts
+from tests.conftest import STAGGERED_MAX_TOKENS, assert_engine_idle, random_prompts, run_staggered
 from tests.sharding.test_tp_executor import BOUND_S, _is_alive, _live_tp_actors, assert_group_gone
 
 MAX_NEW = 12
@@ -87,23 +87,9 @@ def test_batch_together_matches_tp1(model_dir, make_llm, tp_llms):
 def test_staggered_arrivals_match_tp1(model_dir, make_llm, tp_llms):
     """Requests join the running batch at different steps and leave at different steps."""
     prompts = random_prompts([9, 33, 5, 21, 48], seed=2)
-    max_tokens = [14, 6, 10, 3, 8]
-    arrivals = {0: [0, 1], 2: [2], 3: [3], 7: [4]}  # step -> prompts arriving
-
-    def run(engine) -> dict[str, list[int]]:
-        results, step = {}, 0
-        while step <= max(arrivals) or engine.has_unfinished:
-            for i in arrivals.get(step, []):
-                params = SamplingParams(max_tokens=max_tokens[i], temperature=0.0, ignore_eos=True)
-                engine.add_request(f"r{i}", prompts[i], params)
-            for out in engine.step(stream=False):
-                results[out.request_id] = out.token_ids
-            step += 1
-        return results
-
-    reference = run(make_llm(model_dir, skip_tokenizer_init=True).engine)
-    assert run(tp_llms(model_dir).engine) == reference
-    assert [len(reference[f"r{i}"]) for i in range(5)] == max_tokens
+    reference = run_staggered(make_llm(model_dir, skip_tokenizer_init=True).engine, prompts)
+    assert run_staggered(tp_llms(model_dir).engine, prompts) == reference
+    assert [len(reference[f"r{i}"]) for i in range(5)] == list(STAGGERED_MAX_TOKENS)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"multi_query": False, "num_key_value_heads": 4}])

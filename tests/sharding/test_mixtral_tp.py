@@ -13,7 +13,13 @@ from engine import LLM, SamplingParams
 from engine.models.mixtral import StaticMoeExperts, patch_model
 from sharding.autotp import _finish_own_layers, _split_own_layers
 from sharding.loading import build_meta_model, load_rank_weights
-from tests.conftest import assert_engine_idle, random_prompts, tiny_config
+from tests.conftest import (
+    STAGGERED_MAX_TOKENS,
+    assert_engine_idle,
+    random_prompts,
+    run_staggered,
+    tiny_config,
+)
 from tests.sharding.test_tp_executor import (  # noqa: F401  (module fixtures: one Ray, no shm left)
     LLM_ARGS,
     assert_group_gone,
@@ -125,20 +131,8 @@ def test_staggered_arrivals_match_tp1(mixtral_dir, make_llm, tp_llm):
     """Requests join the running batch at different steps and leave at different steps:
     decode steps of one sequence (the gathered path) and of several (dense)."""
     prompts = random_prompts([9, 33, 5, 21, 48], seed=2)
-    max_tokens = [14, 6, 10, 3, 8]
     arrivals = {0: [0], 2: [1, 2], 3: [3], 7: [4]}  # step -> prompts arriving
-
-    def run(engine) -> dict[str, list[int]]:
-        results, step = {}, 0
-        while step <= max(arrivals) or engine.has_unfinished:
-            for i in arrivals.get(step, []):
-                params = SamplingParams(max_tokens=max_tokens[i], temperature=0.0, ignore_eos=True)
-                engine.add_request(f"r{i}", prompts[i], params)
-            for out in engine.step(stream=False):
-                results[out.request_id] = out.token_ids
-            step += 1
-        return results
-
-    reference = run(make_llm(mixtral_dir, skip_tokenizer_init=True).engine)
-    assert run(tp_llm.engine) == reference
-    assert [len(reference[f"r{i}"]) for i in range(5)] == max_tokens
+    engine = make_llm(mixtral_dir, skip_tokenizer_init=True).engine
+    reference = run_staggered(engine, prompts, arrivals=arrivals)
+    assert run_staggered(tp_llm.engine, prompts, arrivals=arrivals) == reference
+    assert [len(reference[f"r{i}"]) for i in range(5)] == list(STAGGERED_MAX_TOKENS)

@@ -26,7 +26,13 @@ from cluster.ray_env import ensure_ray
 from engine import LLM, AsyncEngine, EngineConfig, EngineDeadError, SamplingParams
 from sharding.dist import SHM_BUFFER_PREFIX, SHM_DIR, shm_buffer_paths
 from sharding.executor import WORKER_NAME_PREFIX
-from tests.conftest import assert_engine_idle, random_prompts, tiny_config
+from tests.conftest import (
+    STAGGERED_MAX_TOKENS,
+    assert_engine_idle,
+    random_prompts,
+    run_staggered,
+    tiny_config,
+)
 
 MAX_NEW = 12
 GREEDY = SamplingParams(max_tokens=MAX_NEW, temperature=0.0, ignore_eos=True)
@@ -130,23 +136,9 @@ def test_batch_together_matches_tp1(model_dir, make_llm, tp_llms):
 def test_staggered_arrivals_match_tp1(model_dir, make_llm, tp_llms):
     """Requests join the running batch at different steps and leave at different steps."""
     prompts = random_prompts([9, 33, 5, 21, 48], seed=2)
-    max_tokens = [14, 6, 10, 3, 8]
-    arrivals = {0: [0, 1], 2: [2], 3: [3], 7: [4]}  # step -> prompts arriving
-
-    def run(engine) -> dict[str, list[int]]:
-        results, step = {}, 0
-        while step <= max(arrivals) or engine.has_unfinished:
-            for i in arrivals.get(step, []):
-                params = SamplingParams(max_tokens=max_tokens[i], temperature=0.0, ignore_eos=True)
-                engine.add_request(f"r{i}", prompts[i], params)
-            for out in engine.step(stream=False):
-                results[out.request_id] = out.token_ids
-            step += 1
-        return results
-
-    reference = run(make_llm(model_dir, skip_tokenizer_init=True).engine)
-    assert run(tp_llms(model_dir).engine) == reference
-    assert [len(reference[f"r{i}"]) for i in range(5)] == max_tokens
+    reference = run_staggered(make_llm(model_dir, skip_tokenizer_init=True).engine, prompts)
+    assert run_staggered(tp_llms(model_dir).engine, prompts) == reference
+    assert [len(reference[f"r{i}"]) for i in range(5)] == list(STAGGERED_MAX_TOKENS)
 
 
 # -- sharded loading ---------------------------------------------------------------------

@@ -15,7 +15,13 @@ from engine import SamplingParams
 from engine.audit import audit_model
 from engine.errors import UnsupportedModelError
 from engine.loader import KVSpec, load_config
-from tests.conftest import assert_engine_idle, hf_greedy, random_prompts
+from tests.conftest import (
+    STAGGERED_MAX_TOKENS,
+    assert_engine_idle,
+    hf_greedy,
+    random_prompts,
+    run_staggered,
+)
 from tests.engine.models.falcon_variants import KV_HEADS, VARIANTS, save_falcon
 
 MAX_NEW = 12
@@ -51,20 +57,11 @@ def test_batch_together_matches_transformers(variant, falcon_dir, make_llm):
 def test_staggered_arrivals_match_transformers(variant, falcon_dir, make_llm):
     model_dir = falcon_dir(variant)
     prompts = random_prompts([9, 33, 5, 21, 48], seed=2)
-    max_tokens = [14, 6, 10, 3, 8]
     engine = make_llm(model_dir, skip_tokenizer_init=True, block_size=8).engine
-    arrivals = {0: [0, 1], 2: [2], 3: [3], 7: [4]}  # step -> prompts arriving
-    results = {}
-    step = 0
-    while step <= max(arrivals) or engine.has_unfinished:
-        for i in arrivals.get(step, []):
-            params = SamplingParams(max_tokens=max_tokens[i], temperature=0.0, ignore_eos=True)
-            engine.add_request(f"r{i}", prompts[i], params)
-        for out in engine.step(stream=False):
-            results[out.request_id] = out
-        step += 1
+    results = run_staggered(engine, prompts)
     for i, prompt in enumerate(prompts):
-        assert results[f"r{i}"].token_ids == hf_greedy(model_dir, prompt, max_tokens[i])
+        expected = hf_greedy(model_dir, prompt, STAGGERED_MAX_TOKENS[i])
+        assert results[f"r{i}"] == expected
     assert_engine_idle(engine)
 
 

@@ -12,7 +12,14 @@ import torch
 from engine import SamplingParams
 from engine.audit import Category, audit_forward
 from engine.models.mixtral import StaticMoeBlock, StaticMoeExperts, patch_model
-from tests.conftest import assert_engine_idle, hf_greedy, random_prompts, tiny_config
+from tests.conftest import (
+    STAGGERED_MAX_TOKENS,
+    assert_engine_idle,
+    hf_greedy,
+    random_prompts,
+    run_staggered,
+    tiny_config,
+)
 
 EIGHT_EXPERTS = {"num_local_experts": 8, "num_experts_per_tok": 2}
 # tokens -> path taken with 8 experts, top-2: gathered while tokens x 2 < 8
@@ -132,18 +139,10 @@ def test_batch_together_and_staggered_match_transformers(model_dir, make_llm):
 
     engine = llm.engine
     prompts = random_prompts([9, 33, 5, 21, 48], seed=2)
-    max_tokens = [14, 6, 10, 3, 8]
     arrivals = {0: [0], 3: [1, 2], 4: [3], 8: [4]}  # step -> prompts arriving
-    results, step = {}, 0
-    while step <= max(arrivals) or engine.has_unfinished:
-        for i in arrivals.get(step, []):
-            params = SamplingParams(max_tokens=max_tokens[i], temperature=0.0, ignore_eos=True)
-            engine.add_request(f"r{i}", prompts[i], params)
-        for out in engine.step(stream=False):
-            results[out.request_id] = out.token_ids
-        step += 1
+    results = run_staggered(engine, prompts, arrivals=arrivals)
     for i, prompt in enumerate(prompts):
-        assert results[f"r{i}"] == hf_greedy(model_dir, prompt, max_tokens[i])
+        assert results[f"r{i}"] == hf_greedy(model_dir, prompt, STAGGERED_MAX_TOKENS[i])
     assert_engine_idle(engine)
 
 
