@@ -40,7 +40,11 @@ LAYER_HEIGHTS = {
 }
 ENGINE_FORBIDDEN = ("sharding", "ray", "deployments", "cluster", "autoscale")
 FACADE_ONLY = ("deployments", "autoscale")  # layers that reach the engine through `engine` alone
-TRAINING_MODULES = ("engine.assets.train", "engine.assets.training")
+TRAINING_MODULES = (
+    "engine.assets.train",
+    "engine.assets.training",
+    "engine.assets.smollm2_draft.build",
+)
 
 
 def module_name(path: Path) -> str:
