@@ -5,6 +5,7 @@ and engines whose invariants are checked at teardown."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -21,6 +22,24 @@ def pytest_sessionstart(session) -> None:
     from deepspeed.accelerator import get_accelerator
 
     get_accelerator()
+
+
+SHM_SETTLE_S = 30  # a removal in flight (a Ray task, a rank exiting) gets this long
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_shm_buffers_left_by_the_module():
+    """Invariant at each module's teardown (after its TP groups closed): no DeepSpeed
+    all-reduce buffer the module created is left in /dev/shm unmapped by any process. One
+    that a live process still maps (another run on this machine) is not this module's."""
+    from cluster.commands.shm_cleanup import find_orphaned_shm_buffers
+
+    before = set(find_orphaned_shm_buffers())
+    yield
+    deadline = time.monotonic() + SHM_SETTLE_S
+    while (left := set(find_orphaned_shm_buffers()) - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"DeepSpeed buffers left in /dev/shm: {sorted(map(str, left))}"
 
 
 TINY_VOCAB = 512

@@ -38,13 +38,14 @@ def write_config(tmp_path, model_dir, **entry) -> str:
 @pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
 def test_a_signal_before_ray_is_up_stops_cleanly(sig, tiny_model_dir, tmp_path):
     config = write_config(tmp_path, tiny_model_dir("llama"))
+    shm_before = shm_buffers()  # a buffer another run left is not this run's
     with gaudi_serve_up("--config", config, "--num-cpus", "2", "--port", str(free_port())) as run:
         run.wait_for_line("starting a local Ray")
         run.process.send_signal(sig)
         code, output = run.finish()
         assert code == 0, output
         assert "gaudi-serve: stopped" in output and "deploying" not in output
-        assert_nothing_left_behind(run, set())
+        assert_nothing_left_behind(run, shm_before)
 
 
 @pytest.mark.parametrize(
@@ -81,6 +82,7 @@ def test_a_signal_while_warming_up_and_waiting_for_resources_stops_cleanly(
 def test_replicas_that_cannot_be_placed_fail_after_the_placement_timeout(tiny_model_dir, tmp_path):
     # One CPU, two replicas of one CPU each: the second can never be placed.
     config = write_config(tmp_path, tiny_model_dir("llama"), serve={"num_replicas": 2})
+    shm_before = shm_buffers()
     argv = ["--config", config, "--num-cpus", "1", "--port", str(free_port())]
     with gaudi_serve_up(*argv, "--placement-timeout-s", "1") as run:
         code, output = run.finish()
@@ -90,7 +92,7 @@ def test_replicas_that_cannot_be_placed_fail_after_the_placement_timeout(tiny_mo
         assert "the cluster has 1 node(s): CPU 1" in output
         assert "--placement-timeout-s" in output
         assert "gaudi-serve: stopped" in output
-        assert_nothing_left_behind(run, set())
+        assert_nothing_left_behind(run, shm_before)
 
 
 def test_tp_the_kv_heads_do_not_allow_fails_before_starting_ray():
@@ -106,10 +108,11 @@ def test_tp_the_kv_heads_do_not_allow_fails_before_starting_ray():
 
 def test_a_device_the_cluster_lacks_fails_with_what_it_has(tiny_model_dir, tmp_path):
     config = write_config(tmp_path, tiny_model_dir("llama"), device="hpu")
+    shm_before = shm_buffers()
     with gaudi_serve_up("--config", config, "--num-cpus", "2", "--port", str(free_port())) as run:
         code, output = run.finish()
         assert code == up.EXIT_INVALID, output
         assert "model 'tiny' (device hpu, tp_size 1) needs {'CPU': 1, 'HPU': 1}" in output
         assert "the cluster has no HPU: 1 node(s): CPU 2" in output
         assert "deploying" not in output
-        assert_nothing_left_behind(run, set())
+        assert_nothing_left_behind(run, shm_before)
