@@ -24,11 +24,13 @@ allocator overhead, communication buffers, the gap between marketed and reported
 what ``memory_utilization`` (0.9 by default, as in vLLM) keeps free. Norms, biases and MoE
 routers are not counted (under 0.01% of parameters in every model in the tests).
 
-A degree is valid when it is a power of two no larger than cards_per_node that divides
-num_key_value_heads (and so num_attention_heads, a multiple of it). KV heads are never
-replicated: DeepSpeed AutoTP, which shards the model here, gives ranks beyond num_kv_heads
-zero KV heads (deepspeed.module_inject.tp_shard.get_shard_size) instead of the copies vLLM
-would make. The planner picks the smallest valid degree whose KV cache holds
+A degree is valid when the engine's tensor parallelism runs the model's family
+(engine.families: is_tp_supported; otherwise only 1) and it is a power of two no larger
+than cards_per_node that divides num_key_value_heads (and so num_attention_heads, a
+multiple of it). KV heads are never replicated: DeepSpeed AutoTP, which shards the model
+here, gives ranks beyond num_kv_heads zero KV heads
+(deepspeed.module_inject.tp_shard.get_shard_size) instead of the copies vLLM would make.
+The planner picks the smallest valid degree whose KV cache holds
 concurrency * max_model_len tokens, so every sequence can reach max_model_len at once.
 
 On ``cpu`` all ranks of a node share one host memory: a degree-tp group gets 1/tp of it per
@@ -49,6 +51,7 @@ from enum import Enum
 from typing import Any
 
 from engine.config import QUANTIZATION_CHOICES, EngineConfig
+from engine.families import FAMILIES, MULTIMODAL_FAMILIES
 from engine.quant.schemes import weight_bytes as quantized_weight_bytes
 from sharding.hardware import CardSpec, GiB, get_card, get_dtype
 from sharding.model_spec import ModelSpec
@@ -59,6 +62,7 @@ __all__ = [
     "Plan",
     "Verdict",
     "plan",
+    "runs_tp",
     "valid_tp_sizes",
 ]
 
@@ -204,14 +208,26 @@ def _powers_of_two(limit: int) -> list[int]:
     return [1 << i for i in range(max(limit, 0).bit_length())]
 
 
+def runs_tp(model: ModelSpec) -> bool:
+    """Whether the engine's tensor parallelism runs the model's family; a model_type the
+    engine does not know (a model only planned, not served here) is assumed to."""
+    family = FAMILIES.get(model.model_type) or MULTIMODAL_FAMILIES.get(model.model_type)
+    return family is None or family.is_tp_supported
+
+
 def valid_tp_sizes(model: ModelSpec, cards_per_node: int = 8) -> list[int]:
-    """Powers of two up to cards_per_node that divide num_kv_heads (see the module docstring)."""
+    """Powers of two up to cards_per_node that divide num_kv_heads, or only 1 for a family
+    tensor parallelism does not run (see the module docstring)."""
+    if not runs_tp(model):
+        return [1]
     return [tp for tp in _powers_of_two(cards_per_node) if model.num_kv_heads % tp == 0]
 
 
 def _invalid_reason(model: ModelSpec, tp: int, cards_per_node: int) -> str | None:
     if tp < 1:
         return f"tp_size={tp} is not >= 1"
+    if tp > 1 and not runs_tp(model):
+        return f"tp_size={tp}: tensor parallelism does not run {model.model_type} models yet"
     if model.num_kv_heads % tp:
         return f"tp_size={tp} does not divide num_key_value_heads={model.num_kv_heads}"
     if tp & (tp - 1):

@@ -73,9 +73,10 @@ def replica_demand(model: ModelConfig, device: str) -> ReplicaDemand:
 
 def static_problems(config: ServeConfig) -> list[str]:
     """What the config alone shows cannot run: a tp_size the model's KV heads do not
-    allow (models whose folder is not on this machine are skipped)."""
+    allow, or tp_size > 1 for a family tensor parallelism does not run (models whose folder
+    is not on this machine are skipped)."""
     from sharding.model_spec import ModelSpec
-    from sharding.planner import valid_tp_sizes
+    from sharding.planner import runs_tp, valid_tp_sizes
 
     problems = []
     for index, model in enumerate(config.models):
@@ -90,9 +91,13 @@ def static_problems(config: ServeConfig) -> list[str]:
         spec = ModelSpec.from_path(path)
         valid = valid_tp_sizes(spec)
         if model.tp_size not in valid:
+            why = (
+                f"has {spec.num_kv_heads} KV heads, which tp_size {model.tp_size} does not divide"
+                if runs_tp(spec)
+                else f"is a {spec.model_type} model, which tensor parallelism does not run yet"
+            )
             problems.append(
-                f"models.{index}.tp_size: model {model.name!r} ({path}) has "
-                f"{spec.num_kv_heads} KV heads, which tp_size {model.tp_size} does not divide; "
+                f"models.{index}.tp_size: model {model.name!r} ({path}) {why}; "
                 f"valid tp_size values: {valid}"
             )
     return problems

@@ -39,6 +39,14 @@ def test_a_tp_size_the_kv_heads_do_not_allow_is_a_static_problem(tiny_model_dir)
     assert problem.endswith("valid tp_size values: [1, 2]")
 
 
+def test_tp_for_a_family_tensor_parallelism_does_not_run_is_a_static_problem(tiny_model_dir):
+    bad = config_of(model_entry("a", tiny_model_dir("phi3")) | {"tp_size": 2})
+    (problem,) = static_problems(bad)
+    assert problem.startswith("models.0.tp_size: model 'a' (")
+    assert "is a phi3 model, which tensor parallelism does not run yet" in problem
+    assert problem.endswith("valid tp_size values: [1]")
+
+
 def test_a_model_folder_not_on_this_machine_is_skipped(tmp_path):
     data = {"models": [{"name": "far", "path": str(tmp_path / "elsewhere"), "tp_size": 8}]}
     assert static_problems(parse_config(data, check_paths=False)) == []

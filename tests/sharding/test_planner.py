@@ -86,6 +86,20 @@ def test_code_and_phi_family_quirks_are_read(specs):
     assert not starcoder2.is_tied_embeddings and not phi2.is_tied_embeddings
 
 
+def test_a_family_tensor_parallelism_does_not_run_plans_tp_1_only():
+    # Phi-3's 32 KV heads divide every degree, but the engine refuses tp_size > 1 for it
+    # (engine.families: is_tp_supported), so the planner offers and explains only 1.
+    phi3 = ModelSpec.from_config({**PUBLISHED_CONFIGS["Llama-3.1-8B"], "model_type": "phi3"})
+    assert phi3.num_kv_heads == 8 and valid_tp_sizes(phi3) == [1]
+    result = plan(phi3, "gaudi2")
+    assert result.tp_size == 1
+    (tp2,) = [c for c in result.candidates if c.tp_size == 2]
+    assert tp2.verdict is Verdict.INVALID_HEADS
+    assert tp2.reason == "tp_size=2: tensor parallelism does not run phi3 models yet"
+    with pytest.raises(ValueError, match=r"does not run phi3 .*valid tp_size values .*: \[1\]"):
+        plan(phi3, "gaudi2", tp_size=2)
+
+
 @pytest.mark.parametrize("model_type", list(FAMILIES))
 def test_every_engine_family_is_sized_as_the_engine_builds_it(model_type):
     """The planner reads each registered family's config.json as the engine runs it: the
