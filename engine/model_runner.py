@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from engine.attention import PagedMetadata
+from engine.attention import KV_FP8_DTYPE, PagedMetadata
 from engine.devices import Device
 from engine.loader import KVSpec
 from engine.messages import (
@@ -52,6 +52,9 @@ class ModelRunner:
         self.model = model
         self.device = device
         self.kv_spec = kv_spec
+        # where an FP8 cache saturates (asked of the device only when the cache is FP8)
+        is_fp8 = kv_spec.cache_dtype == KV_FP8_DTYPE
+        self.kv_fp8_max = device.kv_fp8_max if is_fp8 else torch.finfo(KV_FP8_DTYPE).max
         self.block_size = block_size
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.graphs: dict[StepShape, object] = {}  # shape -> replayable forward
@@ -163,7 +166,9 @@ class ModelRunner:
         image_embeds/image_mask (a multimodal prefill): where the mask is set, the image
         feature replaces the token's embedding. cross_* (a cross-attention model): each
         row's pool slot, image flag and cross-attention mask rows."""
-        paged = PagedMetadata(self.kv_caches, slot_mapping, block_tables, positions, mask)
+        paged = PagedMetadata(
+            self.kv_caches, slot_mapping, block_tables, positions, mask, self.kv_fp8_max
+        )
         tokens: dict[str, Any] = {"input_ids": input_ids}
         if image_embeds is not None:
             embeds = self.model.get_input_embeddings()(input_ids)

@@ -103,6 +103,11 @@ class Device:
         """The dtype `dtype="auto"` resolves to for a model saved in `config_dtype`."""
         return config_dtype or torch.bfloat16
 
+    @property
+    def kv_fp8_max(self) -> float:
+        """The largest magnitude the FP8 KV cache (float8_e4m3fn) stores here: 448."""
+        return torch.finfo(torch.float8_e4m3fn).max
+
     def synchronize(self) -> None:
         """Wait for queued device work (timing, memory measurement)."""
 

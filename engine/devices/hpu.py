@@ -57,6 +57,16 @@ class HpuDevice(Device):
         # Gaudi's matrix engines run bf16 at full rate; fp16/fp32 checkpoints load fine in it.
         return torch.bfloat16
 
+    @property
+    def kv_fp8_max(self) -> float:
+        """240 on Gaudi2, whose float8_e4m3fn casts keep to the range of e4m3fnuz (Intel
+        Neural Compressor's FP8 recipes clamp there on Gaudi2 too); 448 on Gaudi3."""
+        from habana_frameworks.torch.utils import experimental as htexp
+
+        if htexp._get_device_type() == htexp.synDeviceType.synDeviceGaudi2:
+            return torch.finfo(torch.float8_e4m3fnuz).max
+        return super().kv_fp8_max
+
     def synchronize(self) -> None:
         self._hthpu.synchronize()
 

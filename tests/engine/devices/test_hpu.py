@@ -87,6 +87,32 @@ def test_executor_marks_one_step_per_engine_step(fake_habana, make_llm, tiny_mod
     assert fake_habana.count("mark_step") == num_steps
 
 
+def test_an_fp8_kv_cache_saturates_at_the_range_of_the_card(fake_habana, monkeypatch):
+    from engine.attention import KV_FP8_DTYPE, quantize_kv
+    from engine.loader import KVSpec
+    from engine.model_runner import ModelRunner
+
+    hpu = get_device("hpu")  # first: loads the bridge in lazy mode
+    from habana_frameworks.torch.utils import experimental as htexp
+
+    fake_habana.clear()
+    fp8 = KVSpec(num_layers=1, num_kv_heads=2, head_dim=8, dtype=torch.bfloat16)
+    runner = ModelRunner(torch.nn.Module(), hpu, fp8, block_size=16)
+    assert fake_habana.count("utils.experimental._get_device_type") == 0  # not an FP8 cache
+    fp8 = KVSpec(
+        num_layers=1, num_kv_heads=2, head_dim=8, dtype=torch.bfloat16, cache_dtype=KV_FP8_DTYPE
+    )
+    runner = ModelRunner(torch.nn.Module(), hpu, fp8, block_size=16)
+    # Gaudi2 casts float8_e4m3fn within e4m3fnuz's range, 240, not 448.
+    assert runner.kv_fp8_max == 240.0
+    assert fake_habana.count("utils.experimental._get_device_type") == 1
+    x = torch.tensor([300.0, -1000.0, 3.0, 239.0])
+    assert quantize_kv(x, runner.kv_fp8_max).float().tolist() == [240.0, -240.0, 3.0, 240.0]
+    monkeypatch.setattr(htexp, "DEVICE_TYPE", htexp.synDeviceType.synDeviceGaudi3)
+    assert ModelRunner(torch.nn.Module(), hpu, fp8, block_size=16).kv_fp8_max == 448.0
+    assert get_device("cpu").kv_fp8_max == 448.0
+
+
 def test_memory_stats_map_the_allocator_limit_and_use(fake_habana):
     device = get_device("hpu")
     fake_habana.bridge.torch.hpu.MEMORY_STATS.update(Limit=96 * 2**30, InUse=10 * 2**30)
