@@ -111,16 +111,26 @@ def test_openai_chat_with_a_data_url_and_an_http_url_equals_offline(
     assert "".join(c.choices[0].delta.content or "" for c in stream) == expected
 
 
-def test_llama_3_2_vision_over_openai_chat_equals_offline(client, tiny_mllama_dir, images_url):
+def test_llama_3_2_vision_over_openai_chat_and_tgi_equals_offline(
+    client, base_url, tiny_mllama_dir, images_url
+):
     """The cross-attention architecture behind the same routes: an image as a data: URL
-    and as an http URL."""
+    and as an http URL, in an OpenAI chat and in TGI's markdown (`?model=` picks it)."""
     processor = MultiModalProcessor.load(tiny_mllama_dir)
     messages = chat(data_url(encode(CAT)))
+    tgi_prompt = f"{processor.image_placeholder}{QUESTION}"
     llm = offline_llm(tiny_mllama_dir)
     try:
         expected = offline_text(llm, chat_prompt(processor, messages), [CAT])
+        # The TGI API cannot ask to ignore EOS: greedy with EOS honoured.
+        expected_tgi = offline_text(llm, tgi_prompt, [CAT], ignore_eos=False)
     finally:
         llm.shutdown()
+    for image in (data_url(encode(CAT)), f"{images_url}/cat.png"):
+        body = {"inputs": f"![]({image}){QUESTION}", "parameters": {"max_new_tokens": MAX_TOKENS}}
+        r = httpx.post(f"{base_url}/generate", params={"model": "mllama"}, json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["generated_text"] == expected_tgi
     response = client.chat.completions.create(
         model="mllama", messages=messages, max_tokens=MAX_TOKENS, **GREEDY
     )
