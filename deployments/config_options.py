@@ -42,6 +42,7 @@ from engine import (
     SpeculativeConfig,
     is_bucket_values,
 )
+from engine.assets import MODEL_NAMES
 
 _CONFIG = ConfigDict(extra="forbid", frozen=True)
 
@@ -231,7 +232,11 @@ class SpeculativeOptions(BaseModel):
     )
     draft_model: Path | None = Field(
         None,
-        description="Draft model folder (methods draft and hybrid); default: the bundled one.",
+        description=(
+            "Draft model (methods draft and hybrid): a folder, or the name of a model "
+            "gaudi-serve provides (pycoder-draft, smollm2-135m-instruct-draft); default: "
+            "the bundled pycoder-draft."
+        ),
     )
     prompt_lookup_min: int = Field(
         _default(SpeculativeConfig, "prompt_lookup_min"),
@@ -251,6 +256,8 @@ class SpeculativeOptions(BaseModel):
     @field_validator("draft_model")
     @classmethod
     def _check_draft_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and value.name == str(value) and str(value) in MODEL_NAMES:
+            return value  # a provided model: found where it runs (resolved_draft_model)
         return _model_dir(value, info)
 
     @model_validator(mode="after")
@@ -274,14 +281,18 @@ class SpeculativeOptions(BaseModel):
             raise ValueError(str(exc).removeprefix("speculative.")) from None
 
     def resolved_draft_model(self) -> Path | None:
-        """The draft model folder (None for ngram, which takes none). Imports the engine's
-        assets lazily."""
-        if self.draft_model is not None:
+        """The draft model folder (None for ngram, which takes none); a provided model's
+        name is looked up in the models folder (FileNotFoundError when not prepared).
+        Imports the engine's assets lazily."""
+        if self.draft_model is not None and str(self.draft_model) not in MODEL_NAMES:
             return self.draft_model
         if self.method == "ngram":
             return None
-        from engine import default_draft_model_path
+        from cluster.env import models_dir
+        from engine import default_draft_model_path, default_model_path
 
+        if self.draft_model is not None:
+            return Path(default_model_path(str(self.draft_model), models_dir()))
         return Path(default_draft_model_path())
 
 

@@ -8,6 +8,7 @@ Nothing is dropped: an option the engine does not take fails loudly here.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from deployments.config import BucketOptions, BucketRangeOptions, EngineOptions, ModelConfig
@@ -16,6 +17,7 @@ from engine import (
     BucketConfig,
     BucketRange,
     EngineConfig,
+    SpeculativeConfig,
     resolve_max_model_len,
 )
 
@@ -57,9 +59,20 @@ def engine_config_for(model: ModelConfig, device: str) -> EngineConfig:
         ),
         kv_cache_dtype=model.kv_cache_dtype,
         buckets=_bucket_config(model.engine, path),
-        speculative=model.speculative.to_engine() if model.speculative is not None else None,
+        speculative=_speculative_config(model),
         **options,
     )
+
+
+def _speculative_config(model: ModelConfig) -> SpeculativeConfig | None:
+    """The engine's SpeculativeConfig, a draft given by a provided model's name resolved to
+    its folder here, as the model's own path is."""
+    if model.speculative is None:
+        return None
+    config = model.speculative.to_engine()
+    if config.draft_model is None:
+        return config
+    return dataclasses.replace(config, draft_model=str(model.speculative.resolved_draft_model()))
 
 
 def _bucket_config(options: EngineOptions, model_path: Path) -> BucketConfig | None:

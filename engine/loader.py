@@ -21,18 +21,22 @@ KV_CACHE_TORCH_DTYPES = {"fp8": torch.float8_e4m3fn}
 
 
 def resolve_model_path(model: str | Path | None) -> Path:
-    """None -> the bundled default model; otherwise a local directory with a config.json."""
-    if model is None:
-        from engine.assets import default_model_path
+    """None -> the default model; a local directory with a config.json; else the name of a
+    model gaudi-serve provides (engine.assets.MODEL_NAMES, e.g. ``pycoder-draft``)."""
+    from engine.assets import MODEL_NAMES, default_model_path
 
+    if model is None:
         return default_model_path()
     path = Path(model).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"model {str(model)!r} is not a local model directory (no config.json there); "
-            "gaudi-serve never downloads weights"
-        )
-    return path
+    if (path / "config.json").is_file():
+        return path
+    if str(model) in MODEL_NAMES:
+        return default_model_path(str(model))
+    raise FileNotFoundError(
+        f"model {str(model)!r} is neither a local model directory (no config.json there) "
+        f"nor a model gaudi-serve provides ({', '.join(MODEL_NAMES)}); "
+        "gaudi-serve never downloads weights"
+    )
 
 
 def load_config(path: Path) -> PretrainedConfig:

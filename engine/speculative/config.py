@@ -19,7 +19,8 @@ class SpeculativeConfig:
         fills the budget, the draft model elsewhere: engine.speculative.hybrid).
     num_speculative_tokens: k, the most tokens proposed per sequence and step (1..8); a
         verify step feeds k + 1 tokens per sequence.
-    draft_model: the draft's local model directory; None = the bundled draft
+    draft_model: the draft's local model directory, or the name of a model gaudi-serve
+        provides (engine.assets.MODEL_NAMES); None = the bundled draft
         (`engine.assets.default_draft_model_path()`). Methods "draft" and "hybrid".
     prompt_lookup_min / prompt_lookup_max: n-gram sizes tried, longest first ("ngram",
         "hybrid").
@@ -44,8 +45,8 @@ class SpeculativeConfig:
         _int_in("prompt_lookup_max", self.prompt_lookup_max, self.prompt_lookup_min, 64)
         if self.draft_model is not None and not isinstance(self.draft_model, str):
             raise ValueError(
-                f"speculative.draft_model must be a directory path or None, "
-                f"got {self.draft_model!r}"
+                "speculative.draft_model must be a directory path, a provided model's name "
+                f"or None, got {self.draft_model!r}"
             )
         if self.method == "ngram" and self.draft_model is not None:
             raise ValueError(

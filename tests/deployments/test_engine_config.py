@@ -112,3 +112,27 @@ def test_hybrid_takes_a_draft_model(tmp_path):
     spec = parse_config({"models": [{"name": "m", "speculative": hybrid}]}).models[0].speculative
     assert spec.resolved_draft_model() == Path(tmp_path)
     assert spec.to_engine().draft_model == str(tmp_path)
+
+
+def test_a_draft_named_by_a_provided_model_runs_from_its_folder(monkeypatch, tmp_path):
+    from engine.assets import default_model_path
+    from engine.loader import resolve_model_path
+
+    monkeypatch.chdir(tmp_path)  # no folder of that name here: the name is meant
+    draft = {"method": "draft", "draft_model": "pycoder-draft"}
+    model = parse_config({"models": [{"name": "pycoder", "speculative": draft}]}).models[0]
+    bundled = default_model_path("pycoder-draft")
+    assert model.speculative.resolved_draft_model() == bundled
+    assert engine_config_for(model, "cpu").speculative.draft_model == str(bundled)
+    assert resolve_model_path("pycoder-draft") == bundled  # the offline engine's way in
+
+    unknown = {"method": "draft", "draft_model": "no-such-draft"}
+    with pytest.raises(ConfigError) as info:
+        parse_config({"models": [{"name": "m", "speculative": unknown}]})
+    (problem,) = info.value.problems
+    assert problem.startswith("models.0.speculative.draft_model: ")
+    assert "no-such-draft is not a directory" in problem
+    with pytest.raises(
+        FileNotFoundError, match=r"nor a model gaudi-serve provides .*pycoder-draft"
+    ):
+        resolve_model_path("no-such-draft")
