@@ -50,6 +50,28 @@ class Ranking(NamedTuple):
     block_hashes: tuple[int, ...]
 
 
+def prompt_block_hashes(
+    prompt_token_ids: Sequence[int],
+    block_size: int,
+    multi_modal: MultiModalInput | None = None,
+) -> tuple[int, ...]:
+    """The hashes `KvAwareRouting.rank` looks a prompt up by: its leading full blocks but
+    the one holding its last token (the engine always computes that one), with its images'
+    hashes in the blocks they overlap."""
+    n = len(prompt_token_ids)
+    extra_keys = None
+    if multi_modal is not None:
+        extra_keys = multi_modal.block_extra_keys(n, block_size)
+    return tuple(
+        prefix_block_hashes(
+            prompt_token_ids,
+            block_size,
+            num_blocks=(n - 1) // block_size,
+            extra_keys=extra_keys,
+        )
+    )
+
+
 class KvAwareRouting:
     """Prefix index, in-flight counts and step-time models of a set of replicas."""
 
@@ -115,28 +137,31 @@ class KvAwareRouting:
         replicas: Sequence[Hashable],
         num_prompt_tokens: int | None = None,
         multi_modal: MultiModalInput | None = None,
+        block_hashes: Sequence[int] | None = None,
     ) -> Ranking:
         """Every candidate for the prompt, best first (counts nothing in). A prompt whose
         ids are unknown (None: a caller sent text) is ranked by load alone, as
         num_prompt_tokens tokens that no replica holds. `multi_modal`: the prompt's images,
-        whose hashes go into the blocks they overlap, as the engine's do."""
+        whose hashes go into the blocks they overlap, as the engine's do. `block_hashes`:
+        the prompt's hashes when the caller has them already (`prompt_block_hashes`), so
+        they are not computed again."""
         if prompt_token_ids is None:
             n, hashes = max(1, num_prompt_tokens or 1), ()
         else:
             n = len(prompt_token_ids)
             if n < 1:
                 raise ValueError("prompt_token_ids must hold at least one token, got none")
-            extra_keys = None
-            if multi_modal is not None:
-                extra_keys = multi_modal.block_extra_keys(n, self.block_size)
-            hashes = tuple(
-                prefix_block_hashes(
-                    prompt_token_ids,
-                    self.block_size,
-                    num_blocks=(n - 1) // self.block_size,
-                    extra_keys=extra_keys,
+            if block_hashes is not None:
+                if len(block_hashes) != (n - 1) // self.block_size:
+                    raise ValueError(
+                        f"block_hashes must hold the prompt's {(n - 1) // self.block_size} "
+                        f"leading full blocks' hashes, got {len(block_hashes)}"
+                    )
+                hashes = tuple(block_hashes)
+            else:
+                hashes = prompt_block_hashes(
+                    prompt_token_ids, self.block_size, multi_modal=multi_modal
                 )
-            )
         matched = self.index.match(hashes) if hashes else {}
         views = [self._view(r, self._num_cached_blocks(r, hashes, matched)) for r in replicas]
         decision, order = rank_replicas(views, n, self.block_size, self.rng, self.max_num_seqs)

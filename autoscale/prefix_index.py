@@ -25,16 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from engine import BLOCK_EVICTED as EVICTED
 from engine import BLOCK_STORED as STORED
 
-
-class BlockEventLike(Protocol):
-    seq: int
-    kind: str
-    block_hash: int
+# An engine.BlockEvent, or any (seq, kind, block_hash) tuple.
+BlockEventLike = tuple[int, str, int]
 
 
 @dataclass
@@ -105,26 +101,33 @@ class PrefixIndex:
         entry = self._entry(replica)
         if next_seq < entry.next_seq:  # the numbering went back: a new block manager
             self.reset_replica(replica)
-        holders = self._holders
-        for event in events:
-            if event.seq < entry.next_seq:
+        # (A router applies every event of every replica: the loop runs on locals.)
+        holders, hashes, bit = self._holders, entry.hashes, entry.bit
+        expected = entry.next_seq
+        for seq, kind, h in events:
+            if seq < expected:
                 continue  # covered by a snapshot
-            if event.seq > entry.next_seq:
+            if seq > expected:
                 entry.is_stale = True
-            entry.next_seq = event.seq + 1
-            h = event.block_hash
-            if event.kind == STORED:
-                if h not in entry.hashes:
-                    entry.hashes.add(h)
-                    holders[h] = holders.get(h, 0) | entry.bit
-            elif event.kind == EVICTED:
-                if h in entry.hashes:
-                    self._clear(entry, (h,))
-                    entry.hashes.discard(h)
+            expected = seq + 1
+            if kind == STORED:
+                if h not in hashes:
+                    hashes.add(h)
+                    holders[h] = holders.get(h, 0) | bit
+            elif kind == EVICTED:
+                if h in hashes:
+                    left = holders[h] & ~bit
+                    if left:
+                        holders[h] = left
+                    else:
+                        del holders[h]
+                    hashes.discard(h)
             else:
+                entry.next_seq = expected
                 raise ValueError(
-                    f"block event kind must be {STORED!r} or {EVICTED!r}, got {event.kind!r}"
+                    f"block event kind must be {STORED!r} or {EVICTED!r}, got {kind!r}"
                 )
+        entry.next_seq = expected
         if next_seq > entry.next_seq:
             entry.is_stale = True
             entry.next_seq = next_seq

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from autoscale.step_time import StepTimeModel
@@ -73,9 +72,9 @@ TIE_TOLERANCE = 0.10  # predictions within this share of the least are ties
 TIE_RESOLUTION_S = 1e-6  # and within this many seconds (for predictions near zero)
 
 
-@dataclass(frozen=True)
-class ReplicaView:
-    """What the router knows of one candidate replica for one prompt."""
+class ReplicaView(NamedTuple):
+    """What the router knows of one candidate replica for one prompt (a tuple: a router
+    builds one per candidate per request)."""
 
     replica: Hashable
     num_cached_blocks: int  # leading blocks of this prompt in its prefix cache

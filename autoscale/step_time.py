@@ -50,6 +50,7 @@ Worked example (a prior that is 2x too slow, then three prefill steps that fit e
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -94,11 +95,15 @@ class _Window:
 
     def __init__(self, capacity: int):
         self.data = np.zeros((capacity, 3), dtype=np.float64)  # [capacity, 3]
+        self._cells = memoryview(self.data.reshape(-1))  # data's cells, row after row
         self.count = 0
         self.next = 0
 
     def append(self, size: int, context: int, seconds: float) -> None:
-        self.data[self.next] = (size, context, seconds)
+        # Written cell by cell through a memoryview (a router observes every step of every
+        # replica): the same float64 values numpy's row assignment stores.
+        cells, i = self._cells, 3 * self.next
+        cells[i], cells[i + 1], cells[i + 2] = float(size), float(context), float(seconds)
         self.next = (self.next + 1) % len(self.data)
         self.count = min(self.count + 1, len(self.data))
 
@@ -158,7 +163,8 @@ class StepTimeModel:
     @property
     def has_data(self) -> bool:
         """Whether any step has been observed (predictions no longer the bare prior)."""
-        return any(window.count for window in self._windows.values())
+        windows = self._windows
+        return bool(windows[PREFILL].count or windows[DECODE].count)
 
     # -- predicting ---------------------------------------------------------------------
     def prefill_s(self, num_tokens: int, num_context_tokens: int = 0) -> float:
@@ -181,7 +187,7 @@ class StepTimeModel:
         """The decode window's mean context per row (cached until the next observation)."""
         if self._decode_context_per_row is None:
             rows = self._windows[DECODE].rows()
-            per_row = float(np.mean(rows[:, 1] / rows[:, 0])) if len(rows) else 0.0
+            per_row = _mean(rows[:, 1] / rows[:, 0]) if len(rows) else 0.0
             self._decode_context_per_row = per_row
         return self._decode_context_per_row
 
@@ -207,12 +213,39 @@ class StepTimeModel:
             fit = _robust_fit(rows)
             if fit is not None:
                 return fit
-        return float(np.median(rows[:, 2] / self.prior.step_s(kind, rows[:, 0], rows[:, 1])))
+        return _median(rows[:, 2] / self.prior.step_s(kind, rows[:, 0], rows[:, 1]))
+
+
+# np.mean, np.std and np.median of a 1-D float64 array, computed with the very operations
+# numpy's own use (the same sums, in the same order, so bit for bit the same results)
+# without their per-call overhead: a router refits up to 16 replicas' models per request.
+_add_reduce = np.add.reduce
+
+
+def _mean(values: np.ndarray) -> float:
+    """np.mean(values): their sum over their count."""
+    return float(_add_reduce(values)) / len(values)
+
+
+def _std(values: np.ndarray) -> float:
+    """np.std(values) (ddof 0): the root of the mean squared deviation from the mean."""
+    deviations = values - _add_reduce(values) / len(values)
+    return math.sqrt(float(_add_reduce(deviations * deviations)) / len(values))
+
+
+def _median(values: np.ndarray) -> float:
+    """np.median(values) of finite values: the middle one, or the mean of the two middle
+    ones (a sum that starts at 0.0, as numpy's does)."""
+    half = len(values) // 2
+    if len(values) % 2:
+        return 0.0 + float(np.partition(values, half)[half])
+    middle = np.partition(values, (half - 1, half))
+    return (0.0 + float(middle[half - 1]) + float(middle[half])) / 2
 
 
 def _varies(values: np.ndarray) -> bool:
-    mean = float(np.mean(np.abs(values)))
-    return mean > 0 and float(np.std(values)) > MIN_RELATIVE_SPREAD * mean
+    mean = _mean(np.abs(values))
+    return mean > 0 and _std(values) > MIN_RELATIVE_SPREAD * mean
 
 
 @functools.cache
@@ -220,16 +253,23 @@ def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(n, k=1)
 
 
+@functools.cache
+def _spread(n: int) -> np.ndarray:
+    """MAX_THEIL_SEN_POINTS indices evenly spread over range(n)."""
+    return np.linspace(0, n - 1, MAX_THEIL_SEN_POINTS).round().astype(int)
+
+
 def _theil_sen_slope(size: np.ndarray, seconds: np.ndarray) -> float:
     """The median of pairwise slopes (robust to nearly 30% outliers), over at most
     MAX_THEIL_SEN_POINTS points evenly spread across the sizes."""
     order = np.argsort(size, kind="stable")
     if len(order) > MAX_THEIL_SEN_POINTS:
-        order = order[np.linspace(0, len(order) - 1, MAX_THEIL_SEN_POINTS).round().astype(int)]
+        order = order[_spread(len(order))]
     x, y = size[order], seconds[order]
     i, j = _pairs(len(order))
-    distinct = x[i] != x[j]
-    return float(np.median((y[j] - y[i])[distinct] / (x[j] - x[i])[distinct]))
+    dx = x[j] - x[i]
+    distinct = dx != 0  # (finite sizes: exactly where x[i] != x[j])
+    return _median((y[j] - y[i])[distinct] / dx[distinct])
 
 
 def _robust_fit(data: np.ndarray) -> _Fit | None:
@@ -241,8 +281,8 @@ def _robust_fit(data: np.ndarray) -> _Fit | None:
         return None
     slope = _theil_sen_slope(size, seconds)
     residuals = seconds - slope * size
-    residuals = np.abs(residuals - np.median(residuals))
-    limit = max(OUTLIER_MADS * MAD_TO_STD * float(np.median(residuals)), 1e-9)
+    residuals = np.abs(residuals - _median(residuals))
+    limit = max(OUTLIER_MADS * MAD_TO_STD * _median(residuals), 1e-9)
     keep = residuals <= limit
     use_context = _varies(context[keep])
     columns = [np.ones(int(keep.sum())), size[keep]] + ([context[keep]] if use_context else [])

@@ -15,6 +15,7 @@ the gap as well.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 BLOCK_STORED = "stored"
@@ -36,28 +37,35 @@ class BlockEventBatch(NamedTuple):
     overflowed: bool
 
 
+# A BlockEvent from a plain (seq, kind, block_hash) tuple, without a Python-level call.
+_as_event = partial(tuple.__new__, BlockEvent)
+
+
 class BlockEventLog:
-    """A bounded buffer of block events, drained by its owner."""
+    """A bounded buffer of block events, drained by its owner. Events wait as plain tuples
+    and become `BlockEvent`s when drained (recording is on the block manager's hot path)."""
 
     def __init__(self, max_pending: int):
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1 event, got {max_pending}")
         self.max_pending = max_pending
         self.next_seq = 0
-        self._pending: list[BlockEvent] = []
+        self._pending: list[tuple[int, str, int]] = []
         self._overflowed = False
 
     def record(self, kind: str, block_hash: int) -> None:
         if not self._overflowed:
             if len(self._pending) < self.max_pending:
-                self._pending.append(BlockEvent(self.next_seq, kind, block_hash))
+                self._pending.append((self.next_seq, kind, block_hash))
             else:  # the consumer must resync anyway: keep nothing until it drains
                 self._pending = []
                 self._overflowed = True
         self.next_seq += 1
 
     def drain(self) -> BlockEventBatch:
-        batch = BlockEventBatch(self._pending, self.next_seq, self._overflowed)
+        pending = self._pending
+        events = list(map(_as_event, pending)) if pending else []
+        batch = BlockEventBatch(events, self.next_seq, self._overflowed)
         self._pending = []
         self._overflowed = False
         return batch

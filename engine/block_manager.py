@@ -14,6 +14,8 @@ a router uses too; a block overlapping an image chains in the image's content ha
 (`Sequence.block_extra_keys`), so the same placeholder tokens with another image never
 share a block. Every change to the set of findable hashes is recorded as a numbered
 event (`drain_events`), so a router can mirror the cache (see engine/block_events.py).
+A sequence's block hashes are computed once and kept on it (`Sequence.prefix_hashes`):
+admission checks and publishing read them from there.
 """
 
 from __future__ import annotations
@@ -68,20 +70,41 @@ class BlockManager:
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
+    # -- block hashes -------------------------------------------------------------------
+    def _extend_prefix_hashes(self, seq: Sequence, num_blocks: int) -> list[int]:
+        """seq.prefix_hashes, extended to cover its first num_blocks full blocks."""
+        chain = seq.prefix_hashes
+        start = len(chain)
+        if start >= num_blocks:
+            return chain
+        bs = self.block_size
+        parent = chain[-1] if chain else None
+        tokens = seq.token_ids[start * bs : num_blocks * bs]
+        if start + 1 == num_blocks and seq.multi_modal is None:  # a decode row's new block
+            chain.append(block_hash(parent, tokens))
+        else:
+            extra_keys = seq.block_extra_keys(bs)[start:num_blocks]
+            chain += prefix_block_hashes(tokens, bs, parent=parent, extra_keys=extra_keys)
+        return chain
+
     # -- admission ----------------------------------------------------------------------
     def _cached_prefix(self, seq: Sequence) -> list[int]:
         """Blocks holding a cached prefix of seq. At least one token is always left to
-        compute, so the step that admits seq produces its logits."""
+        compute, so the step that admits seq produces its logits. Hashes only up to the
+        first block not cached."""
         if not self.enable_prefix_caching:
             return []
         hits: list[int] = []
-        parent = None
         bs = self.block_size
-        extra_keys = seq.block_extra_keys(bs)
-        for i in range((seq.num_tokens - 1) // bs):
-            extra = extra_keys[i] if i < len(extra_keys) else ()
-            parent = block_hash(parent, seq.token_ids[i * bs : (i + 1) * bs], extra)
-            block_id = self.hash_to_block.get(parent)
+        chain = seq.prefix_hashes
+        hash_to_block = self.hash_to_block
+        for i in range((len(seq.token_ids) - 1) // bs):
+            if i == len(chain):
+                extra_keys = seq.block_extra_keys(bs)
+                extra = extra_keys[i] if i < len(extra_keys) else ()
+                parent = chain[-1] if chain else None
+                chain.append(block_hash(parent, seq.token_ids[i * bs : (i + 1) * bs], extra))
+            block_id = hash_to_block.get(chain[i])
             if block_id is None:
                 break
             hits.append(block_id)
@@ -98,40 +121,55 @@ class BlockManager:
         if seq.block_table:
             raise RuntimeError(f"{seq} already holds blocks")
         hits = self._cached_prefix(seq)
+        ref_counts, free_blocks = self.ref_counts, self.free_blocks
         for block_id in hits:
-            if self.ref_counts[block_id] == 0:
-                del self.free_blocks[block_id]
-            self.ref_counts[block_id] += 1
-        seq.block_table = hits + [
-            self._take_free_block() for _ in range(self.blocks_needed(seq.num_tokens) - len(hits))
-        ]
-        seq.num_computed_tokens = seq.num_cached_tokens = len(hits) * self.block_size
-        seq.num_hashed_blocks = len(hits)
+            if ref_counts[block_id] == 0:
+                del free_blocks[block_id]
+            ref_counts[block_id] += 1
+        num_hits = len(hits)
+        self._take_free_blocks(hits, self.blocks_needed(seq.num_tokens) - num_hits)
+        seq.block_table = hits  # the cached prefix, then new blocks
+        seq.num_computed_tokens = seq.num_cached_tokens = num_hits * self.block_size
+        seq.num_hashed_blocks = num_hits
         self.num_prefix_hits_tokens += seq.num_cached_tokens
 
     def _take_free_block(self) -> int:
-        block_id, _ = self.free_blocks.popitem(last=False)
-        old = self.block_hashes[block_id]
-        if old is not None:  # evict its cached content
-            if self.hash_to_block.get(old) == block_id:
-                del self.hash_to_block[old]
-                self.events.record(BLOCK_EVICTED, old)
-            self.block_hashes[block_id] = None
-        self.ref_counts[block_id] = 1
-        return block_id
+        table: list[int] = []
+        self._take_free_blocks(table, 1)
+        return table[0]
+
+    def _take_free_blocks(self, table: list[int], count: int) -> None:
+        """Append count blocks to table, each the least recently freed one (its cached
+        content evicted)."""
+        popitem = self.free_blocks.popitem
+        block_hashes, hash_to_block, ref_counts = (
+            self.block_hashes,
+            self.hash_to_block,
+            self.ref_counts,
+        )
+        for _ in range(count):
+            block_id = popitem(last=False)[0]
+            old = block_hashes[block_id]
+            if old is not None:  # evict its cached content
+                if hash_to_block.get(old) == block_id:
+                    del hash_to_block[old]
+                    self.events.record(BLOCK_EVICTED, old)
+                block_hashes[block_id] = None
+            ref_counts[block_id] = 1
+            table.append(block_id)
 
     # -- decode -------------------------------------------------------------------------
     def can_append(self, seq: Sequence) -> bool:
         """Whether the block for seq's next fed token exists or one is free."""
-        return (
-            len(seq.block_table) >= self.blocks_needed(seq.num_tokens) or self.num_free_blocks > 0
+        return len(seq.block_table) >= -(-len(seq.token_ids) // self.block_size) or bool(
+            self.free_blocks
         )
 
     def append_slots(self, seq: Sequence, num_tokens: int | None = None) -> None:
         """Grow seq's block table to cover num_tokens (default: all its tokens)."""
         needed = self.blocks_needed(seq.num_tokens if num_tokens is None else num_tokens)
-        while len(seq.block_table) < needed:
-            seq.block_table.append(self._take_free_block())
+        if len(seq.block_table) < needed:
+            self._take_free_blocks(seq.block_table, needed - len(seq.block_table))
 
     def reserve_slots(self, seq: Sequence, num_tokens: int) -> None:
         """Grow seq's block table toward covering num_tokens with free blocks only, as far
@@ -156,23 +194,19 @@ class BlockManager:
         """Publish seq's full blocks whose KV is now written, for prefix reuse."""
         if not self.enable_prefix_caching:
             return
-        bs = self.block_size
-        num_full = min(seq.num_computed_tokens // bs, len(seq.block_table))
-        if num_full <= seq.num_hashed_blocks:
-            return
+        table = seq.block_table
+        num_full = min(seq.num_computed_tokens // self.block_size, len(table))
         start = seq.num_hashed_blocks
-        parent = self.block_hashes[seq.block_table[start - 1]] if start else None
-        new_hashes = prefix_block_hashes(
-            seq.token_ids[start * bs : num_full * bs],
-            bs,
-            parent=parent,
-            extra_keys=seq.block_extra_keys(bs)[start:num_full],
-        )
-        for block_id, h in zip(seq.block_table[start:num_full], new_hashes, strict=True):
-            if self.block_hashes[block_id] is None:
-                self.block_hashes[block_id] = h
-                if h not in self.hash_to_block:
-                    self.hash_to_block[h] = block_id
+        if num_full <= start:
+            return
+        chain = self._extend_prefix_hashes(seq, num_full)
+        block_hashes, hash_to_block = self.block_hashes, self.hash_to_block
+        for i in range(start, num_full):
+            block_id, h = table[i], chain[i]
+            if block_hashes[block_id] is None:
+                block_hashes[block_id] = h
+                if h not in hash_to_block:
+                    hash_to_block[h] = block_id
                     self.events.record(BLOCK_STORED, h)
         seq.num_hashed_blocks = num_full
 
@@ -188,8 +222,13 @@ class BlockManager:
 
     def free(self, seq: Sequence) -> None:
         """Release seq's blocks (finished, aborted or preempted)."""
+        ref_counts, free_blocks = self.ref_counts, self.free_blocks
         for block_id in reversed(seq.block_table):
-            self._release(block_id)
+            n = ref_counts[block_id] = ref_counts[block_id] - 1
+            if n <= 0:
+                if n < 0:
+                    raise RuntimeError(f"block {block_id} freed twice")
+                free_blocks[block_id] = None
         seq.block_table = []
         seq.num_computed_tokens = 0
         seq.num_hashed_blocks = 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from engine.block_manager import BlockManager
 from engine.sequence import Sequence, SequenceStatus
@@ -32,8 +32,9 @@ class StepKind(enum.Enum):
     DECODE = "decode"
 
 
-@dataclass(frozen=True)
-class ScheduledSeq:
+class ScheduledSeq(NamedTuple):
+    """One row of a step (a tuple: one is built per row per step)."""
+
     seq: Sequence
     num_tokens: int  # tokens fed this step, starting at seq.num_computed_tokens
 
@@ -133,15 +134,18 @@ class Scheduler:
 
     def _schedule_decode(self, num_lookahead_tokens: int = 0) -> SchedulerOutput | None:
         scheduled: list[ScheduledSeq] = []
-        for seq in list(self.running):
-            if seq not in self.running:  # preempted below to make room for an earlier one
-                continue
+        running = self.running
+        # Preemption takes the last running sequence, so the rows preempted below form a
+        # tail of this list: row k still runs while k < len(running).
+        for k, seq in enumerate(list(running)):
+            if k >= len(running):  # preempted to make room for an earlier one
+                break
             while not self.block_manager.can_append(seq):
-                victim = self.running[-1]
+                victim = running[-1]
                 self._preempt(victim)
                 if victim is seq:
                     break
-            if seq in self.running:
+            if k < len(running):
                 self.block_manager.append_slots(seq)
                 scheduled.append(ScheduledSeq(seq, 1))
         # Lookahead only after every row has its one slot, so it never causes a preemption.

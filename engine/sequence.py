@@ -53,6 +53,10 @@ class Sequence:
         self.num_computed_tokens = 0
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache
         self.num_hashed_blocks = 0  # leading full blocks already published to the prefix cache
+        # The prefix-cache hashes of its leading full blocks, as far as the block manager
+        # has computed them (engine.prefix_hash, chained): tokens are only ever appended,
+        # so a block's hash never changes and each is computed once.
+        self.prefix_hashes: list[int] = []
         self.num_preemptions = 0
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
@@ -87,12 +91,13 @@ class Sequence:
 
     @property
     def num_uncomputed_tokens(self) -> int:
-        return self.num_tokens - self.num_computed_tokens
+        return len(self.token_ids) - self.num_computed_tokens
 
     @property
     def is_prefilling(self) -> bool:
         """More than the last token still lacks KV: the next step for it is (part of) a prefill."""
-        return self.num_uncomputed_tokens > 1 or self.num_output_tokens == 0
+        num_tokens = len(self.token_ids)  # (the scheduler asks this of every row, every step)
+        return num_tokens - self.num_computed_tokens > 1 or num_tokens == self.num_prompt_tokens
 
     @property
     def is_finished(self) -> bool:

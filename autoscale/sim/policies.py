@@ -133,7 +133,9 @@ class KvAwareSimRouter(_Base):
         self._rankings: dict[str, Ranking] = {}
 
     def rank(self, request: SimRequest, ongoing: Mapping[str, int], now: float) -> list[str]:
-        ranking = self.routing.rank(request.prompt_token_ids, sorted(ongoing))
+        ranking = self.routing.rank(
+            request.prompt_token_ids, sorted(ongoing), block_hashes=request.block_hashes
+        )
         self._rankings[request.request_id] = ranking
         return ranking.replicas
 

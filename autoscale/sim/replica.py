@@ -115,6 +115,10 @@ class SimRequest:
     num_generated: int = 0
     num_cached_tokens: int = 0
     seq: Sequence | None = field(default=None, repr=False)
+    # The prompt's block hashes at its replica's block size (kv_routing.prompt_block_hashes:
+    # the engine's own hash), when the fleet computed them: the router ranks by them and
+    # the engine's Sequence starts with them (Sequence.prefix_hashes), hashed once.
+    block_hashes: tuple[int, ...] | None = field(default=None, repr=False)
 
 
 class StepOutcome(NamedTuple):
@@ -234,6 +238,8 @@ class SimReplica:
         did: the prompt fits max_model_len)."""
         params = SamplingParams(max_tokens=request.output_tokens, ignore_eos=True)
         seq = Sequence(request.request_id, request.prompt_token_ids, params, 0)
+        if request.block_hashes is not None:
+            seq.prefix_hashes = list(request.block_hashes)
         request.seq, request.replica, request.added_s = seq, self.name, now
         self.requests[request.request_id] = request
         self.scheduler.add(seq)
@@ -419,11 +425,15 @@ class SimReplica:
         max_len = self._max_model_len
         # Step j's end appends token j + 1 of the run: it finishes the row when that
         # reaches max_tokens or max_model_len.
-        finish_at = [
-            min(seq.params.max_tokens - seq.num_output_tokens, max_len - seq.num_tokens) - 1
+        finish_at = [  # (num_output_tokens and num_tokens, from the token ids)
+            min(
+                seq.params.max_tokens - len(seq.token_ids) + seq.num_prompt_tokens,
+                max_len - len(seq.token_ids),
+            )
+            - 1
             for seq in seqs
         ]
-        base = [seq.num_tokens - 1 for seq in seqs]  # the position each row feeds at j = 0
+        base = [len(seq.token_ids) - 1 for seq in seqs]  # the position each row feeds at j = 0
         bs = self.block_manager.block_size
         max_blocks = max(-(-(p + 1) // bs) for p in base)
         shape = self._decode_shape(len(seqs), max_blocks)

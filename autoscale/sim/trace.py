@@ -133,6 +133,8 @@ def write_trace(path: str | Path, requests: Iterable[TraceRequest]) -> int:
 def _ids(seed: str, count: int, vocab_size: int) -> list[int]:
     """count ids in [FIRST_TOKEN_ID, vocab_size) drawn from seed; the first k of n are the
     ids of count k (a prefix group's shorter prefixes agree with its longer ones)."""
+    if count <= 0:
+        return []
     key = int.from_bytes(hashlib.sha256(seed.encode()).digest()[:16], "little")
     return np.random.default_rng(key).integers(FIRST_TOKEN_ID, vocab_size, count).tolist()
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from autoscale.kv_routing import KvAwareRouting
+from autoscale.kv_routing import KvAwareRouting, prompt_block_hashes
 from autoscale.replica_update import ReplicaUpdate, StepSample
 from autoscale.routing_policy import CACHE_HIT, FALLBACK, LEAST_WAIT
 from autoscale.step_time import DECODE, PREFILL
@@ -156,6 +156,19 @@ def test_rank_orders_every_candidate_and_ranks_text_prompts_by_load():
     ranking = router.rank(None, names, num_prompt_tokens=300)
     assert ranking.replicas == ["c", "b", "a"] and ranking.block_hashes == ()
     assert ranking.num_prefill_tokens == {"a": 300, "b": 300, "c": 300}
+
+
+def test_hashes_the_caller_already_has_rank_the_same():
+    fleet = Fleet()
+    fleet.warm_up()
+    fleet.route("r1", prompt(3, 320, [1, 2, 3]))
+    tokens = prompt(3, 320, [9] * 40)
+    hashes = prompt_block_hashes(tokens, BLOCK)
+    assert len(hashes) == (len(tokens) - 1) // BLOCK
+    given = fleet.router.rank(tokens, list(fleet.caches), block_hashes=hashes)
+    assert given == fleet.router.rank(tokens, list(fleet.caches))
+    with pytest.raises(ValueError, match="block_hashes"):
+        fleet.router.rank(tokens, list(fleet.caches), block_hashes=hashes[:-1])
 
 
 def test_updates_feed_the_index_and_the_step_model_and_old_snapshots_are_skipped():

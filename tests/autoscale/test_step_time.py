@@ -130,3 +130,18 @@ def test_a_full_window_refits_after_every_few_new_steps_not_each():
         assert model.prefill_s(1000) == fitted
     observe(REFIT_EVERY, 1.08)
     assert model.prefill_s(1000) != fitted  # the REFIT_EVERY-th new step refits
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_statistics_match_numpy_bit_for_bit(seed):
+    """The fit's mean, std and median skip numpy's wrappers; the results are identical
+    (a router's decisions must not move by a rounding)."""
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(seed)
+    for n in range(1, 140):
+        table = rng.exponential(size=(n, 3)) * rng.choice([1e-3, 1.0, 1e3])
+        ties = rng.integers(0, 4, size=n).astype(float) * rng.choice([1.0, -0.0])
+        for values in (table[:, seed % 3], np.ascontiguousarray(table[:, 2]), ties):
+            assert repr(step_time._median(values)) == repr(float(np.median(values)))
+            assert repr(step_time._mean(values)) == repr(float(np.mean(values)))
+            assert repr(step_time._std(values)) == repr(float(np.std(values)))

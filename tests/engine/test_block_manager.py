@@ -5,6 +5,7 @@ import random
 import pytest
 
 from engine import prefix_block_hashes
+from engine.block_events import BlockEvent
 from engine.block_manager import PADDING_BLOCK_ID, BlockManager
 from engine.buckets import BucketConfig
 from engine.sampling_params import SamplingParams
@@ -297,3 +298,30 @@ def test_overflow_then_resync_from_a_snapshot_is_exact():
 def test_max_pending_events_is_checked():
     with pytest.raises(ValueError, match="max_pending"):
         BlockManager(num_blocks=4, block_size=2, max_pending_events=0)
+
+
+def test_a_sequence_keeps_its_block_hashes_and_a_given_chain_changes_nothing():
+    """Each block of a sequence is hashed once (Sequence.prefix_hashes); a chain handed
+    in beforehand (the fleet simulator's, from the router's hashes) gives the same cache."""
+    prompt = list(range(100, 123))  # 5 full blocks + 3
+    plain, seeded = BlockManager(num_blocks=32, block_size=4), BlockManager(32, 4)
+    a = allocated(plain, prompt, "a")
+    b = seq(prompt, "b")
+    b.prefix_hashes = prefix_block_hashes(prompt, 4, num_blocks=(len(prompt) - 1) // 4)
+    seeded.allocate(b)
+    for s, bm in ((a, plain), (b, seeded)):
+        computed(bm, s)
+        s.token_ids += [7] * 9  # decode on into two more blocks
+        s.num_computed_tokens = s.num_tokens - 1
+        bm.append_slots(s)
+        bm.publish_computed_blocks(s)
+        assert s.prefix_hashes == prefix_block_hashes(s.token_ids, 4)[: s.num_hashed_blocks]
+    assert plain.drain_events() == seeded.drain_events()
+    assert plain.cached_block_hashes() == seeded.cached_block_hashes()
+
+
+def test_drained_events_are_block_events():
+    bm = BlockManager(num_blocks=8, block_size=2)
+    computed(bm, allocated(bm, [1, 2, 3], "a"))
+    (event,) = bm.drain_events().events
+    assert isinstance(event, BlockEvent) and event.kind == "stored" and event.seq == 0

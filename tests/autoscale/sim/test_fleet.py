@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from autoscale.sim.simulate import simulate
+from autoscale.kv_routing import prompt_block_hashes
+from autoscale.sim.fleet import Fleet, FleetConfig
+from autoscale.sim.policies import RoundRobinSimRouter
+from autoscale.sim.simulate import sim_engine_config, simulate
 from autoscale.sim.step_cost import PREFILL, StepWork
 from autoscale.sim.trace import TraceRequest
 from deployments.config import ModelConfig
@@ -245,3 +248,17 @@ def test_collapsing_changes_nothing_with_requests_held_at_the_caller(router):
     assert collapsed.records == step_by_step.records
     assert collapsed.stats == step_by_step.stats
     assert step_by_step.stats["num_held_at_caller"] > 0
+
+
+def test_prompt_hashes_hashed_once_per_prefix_group_are_the_engines():
+    """The fleet hashes each prefix group's leading blocks once and the rest per prompt;
+    the result is the router's and the engine's hash of the whole prompt."""
+    config = model_config()
+    fleet = Fleet(
+        FleetConfig(sim_engine_config(config), 1025, 32000), ConstantCost(), RoundRobinSimRouter()
+    )
+    items = [TraceRequest(0.0, n, 1, "sys", 40) for n in (40, 41, 48, 49, 300)]
+    items += [TraceRequest(0.0, 33, 1), TraceRequest(0.0, 300, 1, "other", 256)]
+    for index, item in enumerate(items):
+        ids = fleet._prompt_ids(index, item)
+        assert fleet._prompt_hashes(item, ids) == prompt_block_hashes(ids, 16), item
