@@ -1,6 +1,7 @@
 """Offline throughput: gaudi-serve's LLM.generate vs transformers, in one run.
 
     .venv/bin/python -m benchmarks.offline_throughput            # bundled model, 64 prompts
+    .venv/bin/python -m benchmarks.offline_throughput --models smollm2-135m-instruct,pycoder
 
 Workload: 64 prompts of 16-256 tokens cut from stdlib source, 128 new tokens each, greedy,
 EOS ignored so every system generates the same number of tokens. Systems:
@@ -10,6 +11,10 @@ EOS ignored so every system generates the same number of tokens. Systems:
   * bare forward: one transformers decode forward at the engine's batch size and a typical
     context (DynamicCache, sdpa): the ceiling the engine's overhead is measured against;
     our own decode step at the same batch and context is timed alongside.
+
+`--models A,B` runs the whole benchmark once per model, each in a fresh process (a process
+that ran transformers' generate_batch keeps its manager thread, which would slow whatever is
+timed after it), and ends with one table of every model and system.
 """
 
 from __future__ import annotations
@@ -17,16 +22,26 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from benchmarks.workload import code_prompts
+from benchmarks.workload import code_prompts, model_list
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model directory (default: bundled pycoder)")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated model names (engine.assets.MODEL_NAMES) or folders: the whole "
+        "benchmark once per model, each in its own process, and one summary table",
+    )
     p.add_argument("--num-prompts", type=int, default=64)
     p.add_argument("--min-len", type=int, default=16)
     p.add_argument("--max-len", type=int, default=256)
@@ -174,8 +189,66 @@ def time_engine_decode(llm, batch: int, context: int, repeats: int = 10) -> floa
     return statistics.median(times)
 
 
+def child_argv(args, model: Path, json_path: Path) -> list[str]:
+    """The command line that runs this benchmark on one model with the same workload."""
+    argv = [sys.executable, "-m", "benchmarks.offline_throughput", "--model", str(model)]
+    for flag, value in (
+        ("--num-prompts", args.num_prompts),
+        ("--min-len", args.min_len),
+        ("--max-len", args.max_len),
+        ("--max-new", args.max_new),
+        ("--max-num-seqs", args.max_num_seqs),
+        ("--dtype", args.dtype),
+        ("--per-prompt-sample", args.per_prompt_sample),
+        ("--skip", args.skip),
+        ("--json", json_path),
+    ):
+        argv += [flag, str(value)]
+    return argv
+
+
+def run_models(args) -> int:
+    """The benchmark once per model of --models, each in a fresh process, then one table."""
+    models = model_list(args.models)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path, name in models:
+            print(f"\n## {name} ({path})", flush=True)
+            json_path = Path(tmp) / f"{name}.json"
+            subprocess.run(child_argv(args, path, json_path), check=True)
+            results[name] = json.loads(json_path.read_text())
+    print(f"\nAll models, {args.num_prompts} prompts, {args.max_new} new tokens each:\n")
+    print(summary_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def summary_table(results: dict[str, dict]) -> str:
+    """One markdown row per model and system: tokens/s and gaudi-serve's speed-up over it,
+    then each model's decode step (engine vs transformers' bare forward)."""
+    lines = [
+        "| model | system | tokens/s | gaudi-serve speed-up |",
+        "|---|---|---|---|",
+    ]
+    for model, result in results.items():
+        systems = {k: v for k, v in result.items() if isinstance(v, dict) and "tokens" in v}
+        base = systems["gaudi-serve LLM.generate"]["tokens_per_s"]
+        for name, row in systems.items():
+            tps = row["tokens_per_s"]
+            lines.append(f"| {model} | {name} | {tps:.0f} | {base / tps:.2f}x |")
+        lines.append(
+            f"| {model} | decode step: engine / transformers bare forward "
+            f"| {result['engine_decode_ms']:.1f} / {result['bare_decode_ms']:.1f} ms | |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.models:
+        return run_models(args)
     torch.manual_seed(0)
     skip = set(filter(None, args.skip.split(",")))
     from engine.assets import default_model_path

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.serve_load                       # bundled model
     .venv/bin/python -m benchmarks.serve_load --model DIR --clients 1,8,32
+    .venv/bin/python -m benchmarks.serve_load --models smollm2-135m-instruct,pycoder
 
 Systems, each started here as a subprocess on a free port and stopped after its runs:
   * gaudi-serve    `gaudi-serve up` (Ray Serve, continuous batching, paged KV cache)
@@ -20,6 +21,11 @@ psutil), and for gaudi-serve the part of it spent in the forward (its replicas'
 `forward_cpu_s` on /metrics: the stepping thread's CPU in the executor plus torch's worker
 threads', engine.thread_cpu), and what is left outside it. Every server gets the same CPU
 threads (OMP_NUM_THREADS = --num-threads).
+
+`--models A,B` runs every system on each model in turn, in one run (each row names its
+model). `--engine max_model_len=256,max_num_seqs=16` starts gaudi-serve from a serving config
+with these engine options (its warm-up runs every bucket up to them, which takes minutes for
+a 135M model on 2 loaded cores; the defaults are the model's context capped at 4096, 32).
 """
 
 # NOTE: no `from __future__ import annotations`: FastAPI must see the plain server's real
@@ -40,10 +46,10 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.workload import code_prompts
+from benchmarks.workload import code_prompts, model_list
 
 SYSTEMS = ("gaudi-serve", "hf-serve", "plain-serve")
-START_TIMEOUT_S = 600
+START_TIMEOUT_S = 1800  # gaudi-serve warms every bucket up before it reports healthy
 
 
 # -- load generation ---------------------------------------------------------------------
@@ -148,11 +154,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def system_command(system: str, model: Path, name: str, port: int, num_threads: int):
-    """(argv, model id to send, extra request fields) of one system."""
+def system_command(
+    system: str,
+    model: Path,
+    name: str,
+    port: int,
+    num_threads: int,
+    config: Path | None = None,
+):
+    """(argv, model id to send, extra request fields) of one system. `config`: a serving
+    config gaudi-serve starts from instead of --model (see gaudi_serve_config)."""
     if system == "gaudi-serve":
-        argv = [sys.executable, "-m", "cluster.commands.cli", "up", "--model", str(model)]
-        argv += ["--name", name, "--port", str(port), "--num-cpus", str(num_threads)]
+        argv = [sys.executable, "-m", "cluster.commands.cli", "up"]
+        argv += ["--config", str(config)] if config else ["--model", str(model), "--name", name]
+        argv += ["--port", str(port), "--num-cpus", str(num_threads)]
         return argv, name, {"ignore_eos": True, "stream_options": {"include_usage": True}}
     if system == "hf-serve":
         argv = [str(Path(sys.executable).parent / "transformers"), "serve"]
@@ -164,6 +179,55 @@ def system_command(system: str, model: Path, name: str, port: int, num_threads: 
         argv += ["--model", str(model), "--port", str(port)]
         return argv, name, {"ignore_eos": True}
     raise ValueError(f"system must be one of {list(SYSTEMS)}, got {system!r}")
+
+
+def engine_options(text: str) -> dict:
+    """--engine's NAME=VALUE,... as a dict, each value read as YAML (256 -> int)."""
+    import yaml
+
+    options = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--engine must be NAME=VALUE[,NAME=VALUE...], got {text!r}")
+        options[name.strip()] = yaml.safe_load(value)
+    return options
+
+
+def gaudi_serve_config(model: Path, name: str, engine: dict, folder: Path) -> Path:
+    """Write a serving config of one model with these engine options into `folder` (the
+    config's loader validates them when gaudi-serve starts)."""
+    import yaml
+
+    data = {"models": [{"name": name, "path": str(model), "engine": engine}]}
+    path = folder / f"{name}.serve.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def hf_serve_folder(model: Path, folder: Path) -> Path:
+    """The model folder to give `transformers serve`, which picks the model's class from
+    config.json's `architectures`: `model` itself when it names one, else `folder` holding
+    links to its files and a config.json with the causal-LM class of its model_type (a
+    prepared smollm2-135m-instruct has no `architectures`)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = json.loads((model / "config.json").read_text())
+    if config.get("architectures"):
+        return model
+    architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"))
+    if architecture is None:
+        raise ValueError(
+            f"{model}/config.json: model_type must be a transformers causal LM, "
+            f"got {config.get('model_type')!r}"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in model.iterdir():
+        link = folder / source.name
+        if source.name != "config.json" and not link.exists():
+            link.symlink_to(source.resolve())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": [architecture]}))
+    return folder
 
 
 def unavailable_reason(system: str) -> str | None:
@@ -378,6 +442,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=None, help="model folder (default: bundled)")
     p.add_argument("--name", default="pycoder", help="model id for gaudi-serve")
+    p.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated model names (engine.assets.MODEL_NAMES) or folders, each run "
+        "on every system in turn (instead of --model and --name)",
+    )
+    p.add_argument(
+        "--engine",
+        default="",
+        metavar="NAME=VALUE[,NAME=VALUE...]",
+        help="gaudi-serve engine options of a serving config (e.g. max_model_len=256); "
+        "default: none, gaudi-serve up --model",
+    )
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
     p.add_argument("--requests-per-client", type=int, default=4)
@@ -414,27 +491,46 @@ def main(argv=None) -> int:
         args.model = default_model_path()
     if args.plain_server:
         return run_plain_server(args.model, args.port)
+    models = model_list(args.models) if args.models else [(args.model, args.name)]
+    args.log_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model, name in models:
+        rows += run_model(args, model, name)
+    print(markdown_table(rows))
+    print()
+    print(cpu_table(rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def run_model(args, model: Path, name: str) -> list[dict]:
+    """The rows of every system (and gaudi-serve variant) serving one model."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
     num_prompts = max(int(c) for c in args.clients.split(",")) * args.requests_per_client
     prompts = code_prompts(tokenizer, num_prompts, args.min_prompt_len, args.max_prompt_len)
     texts = [tokenizer.decode(p) for p in prompts]
-    args.log_dir.mkdir(parents=True, exist_ok=True)
+    config = None
+    if args.engine:
+        config = gaudi_serve_config(model, name, engine_options(args.engine), args.log_dir)
+    hf_model = hf_serve_folder(model, args.log_dir / f"{name}.hf-serve")
     rows = []
     for system, label, extra_env in runs(args):
         reason = unavailable_reason(system)
         if reason is not None:
             print(f"{system}: skipped: {reason}", file=sys.stderr)
-            rows.append({"system": label, "skipped": reason})
+            rows.append({"model": name, "system": label, "skipped": reason})
             continue
         port = free_port()
         url = f"http://127.0.0.1:{port}"
+        served = hf_model if system == "hf-serve" else model
         argv_, model_id, extra = system_command(
-            system, args.model, args.name, port, args.num_threads
+            system, served, name, port, args.num_threads, config
         )
-        print(f"{label}: starting {' '.join(argv_)}", file=sys.stderr)
-        log = args.log_dir / f"{label.replace(' ', '_')}.log"
+        print(f"{name}, {label}: starting {' '.join(argv_)}", file=sys.stderr)
+        log = args.log_dir / f"{name}_{label.replace(' ', '_').replace(',', '')}.log"
         process = start(argv_, url, args.num_threads, log, extra_env)
         try:
             bodies = [
@@ -457,7 +553,7 @@ def main(argv=None) -> int:
                 )
                 cpu_after = process_tree_cpu_s(process)
                 forward_after = forward_thread_cpu_s(url) if system == "gaudi-serve" else None
-                rows.append(result.row())
+                rows.append({"model": name, **result.row()})
                 cpu_ms = cpu_per_token_ms(cpu_before, cpu_after, result.num_tokens)
                 rows[-1]["cpu_ms_per_token"] = cpu_ms
                 rows[-1].update(
@@ -466,12 +562,7 @@ def main(argv=None) -> int:
                 print(json.dumps(rows[-1]), file=sys.stderr)
         finally:
             stop(process)
-    print(markdown_table(rows))
-    print()
-    print(cpu_table(rows))
-    if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2))
-    return 0
+    return rows
 
 
 def runs(args) -> list[tuple[str, str, dict[str, str]]]:
@@ -498,9 +589,9 @@ def cpu_table(rows: list[dict]) -> str:
     """CPU ms per generated token by process at every client count, with the forward's
     share where the server reports it."""
     lines = [
-        "| system | clients | CPU ms per generated token, by process | forward ms (share) "
-        "| outside the forward ms |",
-        "|---|---|---|---|---|",
+        "| model | system | clients | CPU ms per generated token, by process "
+        "| forward ms (share) | outside the forward ms |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "skipped" in r:
@@ -510,22 +601,26 @@ def cpu_table(rows: list[dict]) -> str:
         if "forward_ms_per_token" in r:
             forward = f"{r['forward_ms_per_token']:.2f} ({100 * r['forward_share']:.0f}%)"
             outside = f"{r['outside_forward_ms_per_token']:.2f}"
-        lines.append(f"| {r['system']} | {r['clients']} | {parts} | {forward} | {outside} |")
+        lines.append(
+            f"| {r['model']} | {r['system']} | {r['clients']} | {parts} | {forward} | {outside} |"
+        )
     return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| system | clients | requests | tokens/request | output tok/s | TTFT p50 ms "
+        "| model | system | clients | requests | tokens/request | output tok/s | TTFT p50 ms "
         "| TTFT p99 ms | ITL p50 ms | ITL p99 ms | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['system']} | - | - | - | skipped: {r['skipped']} | | | | | |")
+            lines.append(
+                f"| {r['model']} | {r['system']} | - | - | - | skipped: {r['skipped']} | | | | | |"
+            )
             continue
         lines.append(
-            f"| {r['system']} | {r['clients']} | {r['requests']} "
+            f"| {r['model']} | {r['system']} | {r['clients']} | {r['requests']} "
             f"| {r['tokens_per_request']:.1f} | {r['output_tok_s']:.0f} "
             f"| {r['ttft_p50_ms']:.0f} | {r['ttft_p99_ms']:.0f} | {r['itl_p50_ms']:.1f} "
             f"| {r['itl_p99_ms']:.1f} | {r['errors']} |"

@@ -32,3 +32,24 @@ def code_prompts(tokenizer, num_prompts: int, min_len: int, max_len: int, seed: 
         start = rng.randrange(len(ids) - length)
         prompts.append(ids[start : start + length])
     return prompts
+
+
+def model_folder(spec: str) -> tuple[Path, str]:
+    """(folder, model id) of a benchmark's model: a name gaudi-serve provides
+    (engine.assets.MODEL_NAMES: ``smollm2-135m-instruct``, ``pycoder``, ...) or a local model
+    folder, whose id is the folder's name."""
+    from engine.assets import MODEL_NAMES, default_model_path
+    from engine.loader import resolve_model_path
+
+    if spec in MODEL_NAMES:
+        return Path(default_model_path(spec)), spec
+    path = resolve_model_path(spec)
+    return path, path.name
+
+
+def model_list(specs: str) -> list[tuple[Path, str]]:
+    """model_folder of every entry of a comma-separated list; ValueError if it is empty."""
+    models = [model_folder(s.strip()) for s in specs.split(",") if s.strip()]
+    if not models:
+        raise ValueError(f"--models must name at least one model, got {specs!r}")
+    return models
