@@ -48,7 +48,7 @@ MODEL_NAMES = (*PREPARED_MODEL_NAMES, *BUNDLED_MODEL_NAMES)
 # Written last into a prepared folder; its "format" must be PREPARED_FORMAT (a newer
 # conversion bumps it, and `gaudi-serve models prepare` then converts again).
 PREPARED_MARKER = ".prepared.json"
-PREPARED_FORMAT = 1
+PREPARED_FORMAT = 2  # 2: config.json names its architecture
 PREPARE_COMMAND = "gaudi-serve models prepare"
 
 _ASSETS_DIR = pathlib.Path(__file__).resolve().parent

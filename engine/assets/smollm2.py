@@ -144,6 +144,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> dict[str, Any]:
         if hasattr(config, flag):
             delattr(config, flag)
     config.dtype = torch.float32
+    # The GGUF loader leaves it unset; tools that build the class from it (transformers
+    # serve, vLLM) need it.
+    config.architectures = [type(model).__name__]
     config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     model.generation_config.save_pretrained(out_dir)

@@ -5,6 +5,7 @@ other test uses tiny ones."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,8 @@ def _greedy(model, prompt_ids: list[int]) -> list[int]:
 def test_the_folder_is_complete_with_its_provenance(prepared) -> None:
     for name in ("config.json", "generation_config.json", "tokenizer.json", PREPARED_MARKER):
         assert (prepared / name).is_file(), name
+    config = json.loads((prepared / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]  # transformers serve needs it
     card = (prepared / "MODEL_CARD.md").read_text()
     assert "Q4_1" in card and "Not bit-equal" in card and "Apache-2.0" in card
 
