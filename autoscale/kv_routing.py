@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Hashable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 from autoscale.inflight import InFlight
@@ -29,7 +30,6 @@ from autoscale.replica_update import ReplicaUpdate
 from autoscale.routing_policy import (
     ReplicaView,
     RoutingDecision,
-    num_cached_tokens,
     predict_wait_s,
     rank_replicas,
 )
@@ -165,9 +165,9 @@ class KvAwareRouting:
         matched = self.index.match(hashes) if hashes else {}
         views = [self._view(r, self._num_cached_blocks(r, hashes, matched)) for r in replicas]
         decision, order = rank_replicas(views, n, self.block_size, self.rng, self.max_num_seqs)
-        prefill = {
-            view.replica: n - num_cached_tokens(view.num_cached_blocks, n, self.block_size)
-            for view in views
+        bs, num_full_blocks = self.block_size, (n - 1) // self.block_size
+        prefill = {  # n - num_cached_tokens(...), inline
+            view.replica: n - min(view.num_cached_blocks, num_full_blocks) * bs for view in views
         }
         return Ranking(decision, [views[i].replica for i in order], prefill, hashes)
 
@@ -209,9 +209,11 @@ class KvAwareRouting:
             replica, hashes = entry
             computing = self._computing.get(replica)
             if computing is not None:
-                computing.subtract(hashes)
-                for h in hashes:
-                    if computing[h] <= 0:
+                for h in hashes:  # Counter.subtract, dropping the counts that reach 0
+                    n = computing[h] - 1
+                    if n > 0:
+                        computing[h] = n
+                    else:
                         del computing[h]
                 if not computing:
                     del self._computing[replica]
@@ -248,13 +250,21 @@ class KvAwareRouting:
         return held
 
     def _view(self, replica: Hashable, num_cached_blocks: int) -> ReplicaView:
-        load = self.inflight.load(replica)
-        return ReplicaView(
-            replica,
-            num_cached_blocks=num_cached_blocks,
-            num_requests=load.num_requests,
-            num_queued_tokens=load.num_queued_tokens,
-            num_decoding=load.num_decoding,
-            step_time=self.step_times.get(replica),
-            num_output_tokens=load.num_output_tokens,
+        num_requests, num_queued_tokens, num_decoding, num_output_tokens = self.inflight.load(
+            replica
         )
+        return _new_view(
+            (
+                replica,
+                num_cached_blocks,
+                num_requests,
+                num_queued_tokens,
+                num_decoding,
+                self.step_times.get(replica),
+                num_output_tokens,
+            )
+        )
+
+
+# A ReplicaView from a tuple of its fields in order, without a Python-level call.
+_new_view = partial(tuple.__new__, ReplicaView)

@@ -49,15 +49,17 @@ Worked example (one prefill stores two blocks; a decode step evicts one of them)
 
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from autoscale.replica_update import ReplicaUpdate, StepSample
 from autoscale.step_time import DECODE, PREFILL
-from engine import BLOCK_EVICTED, BLOCK_STORED, BlockEventBatch, StepKind, StepRecord
+from engine import BLOCK_EVICTED, BLOCK_STORED, BlockEvent, BlockEventBatch, StepKind, StepRecord
 
 MAX_EVENTS = 16384  # block events kept for sessions that fall behind (~1.5 MiB)
 MAX_STEPS = 256  # step samples kept (a step-time model's window is 128)
@@ -106,7 +108,11 @@ class ReplicaFeed:
         self.request_snapshot = request_snapshot
         self._inbox: deque[StepRecord] = deque(maxlen=max_pending_records)
         self._lock = threading.Lock()
-        self._hashes: set[int] = set()  # the mirror of the replica's cached block hashes
+        # The mirror of the replica's cached block hashes, as of event _mirror_seq: the
+        # events after it, all in the log, are folded in at once when they would leave the
+        # log or a snapshot is taken (`_fold`).
+        self._hashes: set[int] = set()
+        self._mirror_seq = 0
         self._events: deque = deque(maxlen=max_events)  # of BlockEvent, up to _next_seq - 1
         self._next_seq = 0
         self._epoch = 0  # bumped when a snapshot replaces the mirror
@@ -142,9 +148,9 @@ class ReplicaFeed:
             if not is_current:
                 cursor.epoch, cursor.next_seq = self._epoch, self._next_seq
                 return self._snapshot_update(steps)
-            events = tuple(itertools.islice(self._events, cursor.next_seq - log_start, None))
+            events = _tail(self._events, self._next_seq - cursor.next_seq)
             cursor.next_seq = self._next_seq
-            return ReplicaUpdate(self.replica_id, events, self._next_seq, None, steps)
+            return _new_update((self.replica_id, events, self._next_seq, None, steps))
 
     def snapshot(self) -> ReplicaUpdate:
         """Every cached block hash the feed knows of and the recent step samples (for
@@ -164,13 +170,14 @@ class ReplicaFeed:
         return len(self._sessions)
 
     def _snapshot_update(self, steps: tuple[StepSample, ...]) -> ReplicaUpdate:
+        self._fold(())
         return ReplicaUpdate(self.replica_id, (), self._next_seq, tuple(self._hashes), steps)
 
     def _steps_since(self, num_steps: int) -> tuple[StepSample, ...]:
         num_new = min(self._num_steps - num_steps, len(self._steps))
         if num_new <= 0:
             return ()
-        return tuple(itertools.islice(self._steps, len(self._steps) - num_new, None))
+        return _tail(self._steps, num_new)
 
     def _ingest(self) -> None:
         inbox = self._inbox
@@ -186,25 +193,60 @@ class ReplicaFeed:
         if kind is None:
             raise ValueError(f"step kind must be one of {sorted(_STEP_KINDS)}, got {record.kind!r}")
         size = record.num_tokens if kind == PREFILL else record.num_rows
-        self._steps.append(StepSample(kind, size, record.seconds, record.num_context_tokens))
+        self._steps.append(_new_sample((kind, size, record.seconds, record.num_context_tokens)))
         self._num_steps += 1
 
     def _apply_events(self, batch: BlockEventBatch, snapshot: set[int] | None) -> None:
         first_seq = batch.next_seq - len(batch.events)
         if not (batch.overflowed or self._is_stale) and first_seq == self._next_seq:
-            hashes, log = self._hashes, self._events
-            for event in batch.events:
-                if event.kind == BLOCK_STORED:
-                    hashes.add(event.block_hash)
-                elif event.kind == BLOCK_EVICTED:
-                    hashes.discard(event.block_hash)
-                log.append(event)
+            log = self._events
+            if len(log) + len(batch.events) > log.maxlen:  # events would leave unfolded
+                self._fold(batch.events)
+            log.extend(batch.events)
             self._next_seq = batch.next_seq
         elif snapshot is not None:  # the engine's state right after this batch
             self._hashes = set(snapshot)
             self._events.clear()
-            self._next_seq = batch.next_seq
+            self._next_seq = self._mirror_seq = batch.next_seq
             self._epoch += 1
             self._is_stale = False
         else:  # a gap (events lost): stop here until a snapshot comes
             self._is_stale = True
+
+    def _fold(self, batch: Sequence[BlockEvent]) -> None:
+        """Bring the mirror up to date: the log's events it lacks, then batch's (the events
+        numbered on from the log's last)."""
+        unfolded = _tail(self._events, self._next_seq - self._mirror_seq)
+        _apply_in_bulk(self._hashes, (*unfolded, *batch))
+        self._mirror_seq = self._next_seq + len(batch)
+
+
+def _apply_in_bulk(hashes: set[int], events: tuple) -> None:
+    """Apply block events in order to a set of hashes: each hash ends as its last stored or
+    evicted event leaves it (events of other kinds change nothing), in a few passes that
+    run in C rather than a step per event."""
+    kinds = list(map(_kind_of, events))
+    is_stored = list(map(BLOCK_STORED.__eq__, kinds))
+    if kinds.count(BLOCK_STORED) + kinds.count(BLOCK_EVICTED) != len(kinds):
+        events = [e for e in events if e[1] == BLOCK_STORED or e[1] == BLOCK_EVICTED]
+        is_stored = [e[1] == BLOCK_STORED for e in events]
+    last = dict(zip(map(_hash_of, events), is_stored, strict=True))  # hash -> last stored?
+    hashes.difference_update(itertools.compress(last, map(operator.not_, last.values())))
+    hashes.update(itertools.compress(last, last.values()))
+
+
+_kind_of = operator.itemgetter(1)
+# NamedTuples from a tuple of their fields, without a Python-level call (once per step).
+_new_sample = functools.partial(tuple.__new__, StepSample)
+_new_update = functools.partial(tuple.__new__, ReplicaUpdate)
+_hash_of = operator.itemgetter(2)
+
+
+def _tail(log: deque, count: int) -> tuple:
+    """The last count items of log, in order, walked from its nearer end (a session reads
+    a few new items of a long log after each step)."""
+    if count <= 0:
+        return ()
+    if 2 * count <= len(log):
+        return tuple(itertools.islice(reversed(log), count))[::-1]
+    return tuple(itertools.islice(log, len(log) - count, None))

@@ -154,7 +154,14 @@ def rank_replicas(
         raise ValueError(f"num_prompt_tokens must be at least 1, got {num_prompt_tokens}")
     if not all(view.has_step_data for view in views):
         return _power_of_two(views, rng)
-    ttfts = [predict_ttft_s(v, num_prompt_tokens, block_size, max_num_seqs) for v in views]
+    # predict_ttft_s of each view, its steps inline (a router ranks every replica per request)
+    num_full_blocks = (num_prompt_tokens - 1) // block_size
+    cached = [min(v.num_cached_blocks, num_full_blocks) * block_size for v in views]
+    ttfts = [
+        predict_wait_s(v, max_num_seqs)
+        + v.step_time.prefill_s(num_prompt_tokens - c, num_context_tokens=c)
+        for v, c in zip(views, cached, strict=True)
+    ]
     cutoff = min(ttfts) * (1 + TIE_TOLERANCE) + TIE_RESOLUTION_S
     order = sorted(
         range(len(views)),
@@ -167,7 +174,6 @@ def rank_replicas(
         ),
     )
     best = order[0]
-    cached = [num_cached_tokens(v.num_cached_blocks, num_prompt_tokens, block_size) for v in views]
     reason = CACHE_HIT if cached[best] > min(cached) else LEAST_WAIT
     return RoutingDecision(views[best].replica, reason, ttfts[best]), order
 

@@ -35,8 +35,7 @@ step's arithmetic, not a run's set-up. The result is identical (tests/autoscale/
 real engine's steps, finishes inside runs, and whole fleet runs with and without it).
 
 The feed (`updates_until`) is read in chunks its event log holds whole, and its log is
-sized to one step's events (`feed_max_events`), since ReplicaFeed.update_for walks the
-log from its start on every read.
+sized to one step's events (`feed_max_events`): the one session never needs more.
 
 Its autoscaling metrics (`metrics`) are the fields deployments/autoscaling_stats.py
 reports, through the same encode/decode as the Serve adapter.
@@ -48,6 +47,7 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import NamedTuple
 
 from autoscale.replica_feed import MAX_STEPS, ReplicaFeed
@@ -80,8 +80,7 @@ def feed_max_events(config: EngineConfig) -> int:
     stores at most a block per block it fills (its tokens over block_size, plus one per
     row) and evicts about as many (more when it admits long prompts: it takes their
     blocks at once); a step with more events than the log holds sends the session a
-    snapshot, the same state taken whole. A short log keeps each read cheap
-    (ReplicaFeed.update_for walks the log from its start)."""
+    snapshot, the same state taken whole. A short log keeps the feed small."""
     blocks = config.max_num_batched_tokens // config.block_size + config.max_num_seqs
     return max(FEED_MIN_EVENTS, 4 * blocks)
 
@@ -97,6 +96,12 @@ def kv_cache_blocks(config: EngineConfig, kv_cache_tokens: int) -> int:
             f"{config.max_model_len} tokens: raise it or lower max_model_len"
         )
     return num_blocks + 1
+
+
+# NamedTuples from a tuple of their fields, without a Python-level call (once per step).
+_new_work = partial(tuple.__new__, StepWork)
+_new_sample = partial(tuple.__new__, StepSample)
+_new_record = partial(tuple.__new__, StepRecord)
 
 
 @dataclass(eq=False)
@@ -483,7 +488,7 @@ class SimReplica:
             if rows or finished:
                 shape = self._decode_shape(num_rows, max_blocks)
             start, context = end, context + num_rows
-            end = start + cost.step_s(StepWork(DECODE, num_rows, num_rows, context, shape))
+            end = start + cost.step_s(_new_work((DECODE, num_rows, num_rows, context, shape)))
             if end > t or finished:
                 run.j, run.max_blocks, run.shape = j, max_blocks, shape
                 self.step = _Step(run.sched, start, end, context, num_rows)
@@ -565,14 +570,14 @@ class SimReplica:
         self.num_steps += 1
         seconds = end - start
         self.busy_s += seconds
-        self.recent_steps.append(StepSample(DECODE, num_rows, seconds, context))
+        self.recent_steps.append(_new_sample((DECODE, num_rows, seconds, context)))
         if self.feed is not None:
             events = self.block_manager.drain_events()
             snapshot = None
             if events.overflowed or self._is_snapshot_requested:
                 self._is_snapshot_requested = False
                 snapshot = self.block_manager.cached_block_hashes()
-            record = StepRecord(DECODE, num_rows, num_rows, context, seconds, events, snapshot)
+            record = _new_record((DECODE, num_rows, num_rows, context, seconds, events, snapshot))
             self._unpublished.append((end, record))
 
     # -- what the replica tells others --------------------------------------------------

@@ -160,6 +160,17 @@ def test_a_removed_replica_is_forgotten_and_its_slot_reused_clean():
     assert index.match([1, 2]) == {"b": 1, "d": 2}
 
 
+def test_events_a_snapshot_covered_are_skipped_and_later_ones_apply():
+    index = PrefixIndex()
+    index.apply_snapshot("a", [1, 2], next_seq=2)
+    # 0 and 1 were in the snapshot; 2 and 3 are new (not the usual batch from 2 on).
+    index.apply_events("a", events(0, [(STORED, 9), (EVICTED, 1), (EVICTED, 2), (STORED, 3)]), 4)
+    assert not index.needs_snapshot("a") and index.next_seq("a") == 4
+    assert index.match([1]) == index.match([3]) == {"a": 1} and index.match([2]) == {}
+    index.apply_events("a", iter(events(5, [(STORED, 4)])), next_seq=6)  # any iterable
+    assert index.needs_snapshot("a") and index.num_blocks("a") == 3
+
+
 def test_an_unknown_event_kind_raises():
     with pytest.raises(ValueError, match="'stored' or 'evicted'"):
         PrefixIndex().apply_events("a", events(0, [("moved", 1)]), next_seq=1)

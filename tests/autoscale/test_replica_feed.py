@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import doctest
+import random
 
 import pytest
 
@@ -127,6 +128,30 @@ def test_a_cursor_that_fell_out_of_the_log_gets_a_snapshot():
     update = feed.update_for("slow")  # 10 events behind, 4 kept
     assert sorted(update.snapshot) == list(range(10)) and update.next_seq == 10
     assert len(update.steps) == 3  # the latest max_steps
+
+
+@pytest.mark.parametrize("max_events", [3, 8, 64])
+def test_the_mirror_folded_in_bulk_equals_one_applied_event_by_event(max_events):
+    """The feed folds events into its mirror when they would leave its log or a snapshot
+    is taken: stores, evictions and a hash stored again after its eviction, in one batch
+    or across batches, end as applying them one by one does."""
+    rng = random.Random(max_events)
+    feed, stepper = ReplicaFeed("r1", max_events=max_events), FakeStepper()
+    fast, lagging, held = Router(), Router(), set()
+    for step in range(200):
+        stored = [rng.randrange(12) for _ in range(rng.randrange(4))]
+        evicted = [rng.randrange(12) for _ in range(rng.randrange(4))]
+        record = stepper.record(stored=stored, evicted=evicted)
+        for _, kind, h in record.block_events.events:
+            (held.add if kind == BLOCK_STORED else held.discard)(h)
+        feed.on_step(record)
+        fast.apply(feed.update_for("fast"))  # one step behind at most: a few events
+        assert fast.hashes == held
+        if step % 7 == 0:  # further behind: the log's tail, or a snapshot
+            lagging.apply(feed.update_for("lagging"))
+            assert lagging.hashes == held
+        if step % 11 == 0:
+            assert set(feed.snapshot().snapshot) == held
 
 
 def test_an_engine_log_overflow_resyncs_every_session_from_its_snapshot():
