@@ -36,13 +36,13 @@ from engine import (
     BUCKET_DIMS,
     BUCKET_STRATEGIES,
     MAX_SPECULATIVE_TOKENS,
+    MODEL_NAMES,
     SPECULATIVE_METHODS,
     BucketConfig,
     EngineConfig,
     SpeculativeConfig,
     is_bucket_values,
 )
-from engine.assets import MODEL_NAMES
 
 _CONFIG = ConfigDict(extra="forbid", frozen=True)
 

@@ -28,7 +28,10 @@ from engine import EngineConfig, SpeculativeConfig
             dict(prompt_lookup_min=3, prompt_lookup_max=2),
             r"prompt_lookup_max must be an integer in \[3, 64\]",
         ),
-        (dict(draft_model=5), "draft_model must be a directory path or None"),
+        (
+            dict(draft_model=5),
+            "draft_model must be a directory path, a provided model.s name or None",
+        ),
         (dict(method="ngram", draft_model="/m"), "draft_model is only used with methods"),
         (dict(adaptive="yes"), "adaptive must be a boolean"),
     ],
