@@ -50,6 +50,9 @@ class ModelSpec:
     num_experts: int = 1
     num_experts_per_tok: int = 1
     max_position_embeddings: int | None = None
+    # The config's own model_type when the dimensions come from its text_config (a
+    # multimodal model: the family whose rules apply, e.g. tensor parallelism's); else None.
+    family_type: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_kv_heads < 1 or self.num_attention_heads % self.num_kv_heads:
@@ -60,8 +63,11 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, config: dict[str, Any], name: str | None = None) -> ModelSpec:
-        """Read a Hugging Face config dict (Llama, Mistral, Mixtral, Qwen2, Falcon, ...)."""
+        """Read a Hugging Face config dict (Llama, Mistral, Mixtral, Qwen2, Falcon, ...; a
+        multimodal one through its text_config)."""
+        family_type = None
         if "text_config" in config and "num_hidden_layers" not in config:
+            family_type = str(config.get("model_type", "unknown"))
             config = config["text_config"]
         if "moe_intermediate_size" in config:
             raise ValueError(
@@ -112,6 +118,7 @@ class ModelSpec:
             max_position_embeddings=config.get(
                 "max_position_embeddings", config.get("n_positions")
             ),
+            family_type=family_type,
         )
 
     @classmethod

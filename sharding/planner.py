@@ -209,9 +209,11 @@ def _powers_of_two(limit: int) -> list[int]:
 
 
 def runs_tp(model: ModelSpec) -> bool:
-    """Whether the engine's tensor parallelism runs the model's family; a model_type the
-    engine does not know (a model only planned, not served here) is assumed to."""
-    family = FAMILIES.get(model.model_type) or MULTIMODAL_FAMILIES.get(model.model_type)
+    """Whether the engine's tensor parallelism runs the model's family (a multimodal
+    model's own, not its text model's); a model_type the engine does not know (a model
+    only planned, not served here) is assumed to."""
+    model_type = model.family_type or model.model_type
+    family = FAMILIES.get(model_type) or MULTIMODAL_FAMILIES.get(model_type)
     return family is None or family.is_tp_supported
 
 
@@ -227,7 +229,8 @@ def _invalid_reason(model: ModelSpec, tp: int, cards_per_node: int) -> str | Non
     if tp < 1:
         return f"tp_size={tp} is not >= 1"
     if tp > 1 and not runs_tp(model):
-        return f"tp_size={tp}: tensor parallelism does not run {model.model_type} models yet"
+        model_type = model.family_type or model.model_type
+        return f"tp_size={tp}: tensor parallelism does not run {model_type} models yet"
     if model.num_kv_heads % tp:
         return f"tp_size={tp} does not divide num_key_value_heads={model.num_kv_heads}"
     if tp & (tp - 1):

@@ -94,7 +94,8 @@ def static_problems(config: ServeConfig) -> list[str]:
             why = (
                 f"has {spec.num_kv_heads} KV heads, which tp_size {model.tp_size} does not divide"
                 if runs_tp(spec)
-                else f"is a {spec.model_type} model, which tensor parallelism does not run yet"
+                else f"is a {spec.family_type or spec.model_type} model, which tensor "
+                "parallelism does not run yet"
             )
             problems.append(
                 f"models.{index}.tp_size: model {model.name!r} ({path}) {why}; "

@@ -100,6 +100,18 @@ def test_a_family_tensor_parallelism_does_not_run_plans_tp_1_only():
         plan(phi3, "gaudi2", tp_size=2)
 
 
+def test_a_multimodal_model_is_sized_by_its_text_model_and_ruled_by_its_own_family():
+    # Llava-NeXT: a Llama text model (8 KV heads, TP would divide them), but the engine
+    # does not run the multimodal family with tensor parallelism.
+    text = {**PUBLISHED_CONFIGS["Llama-3.1-8B"], "model_type": "llama"}
+    llava = ModelSpec.from_config({"model_type": "llava_next", "text_config": text})
+    assert (llava.model_type, llava.family_type, llava.num_kv_heads) == ("llama", "llava_next", 8)
+    assert llava.num_layers == ModelSpec.from_config(text).num_layers
+    assert valid_tp_sizes(llava) == [1]
+    assert ModelSpec.from_config(text).family_type is None
+    assert valid_tp_sizes(ModelSpec.from_config(text)) == [1, 2, 4, 8]
+
+
 @pytest.mark.parametrize("model_type", list(FAMILIES))
 def test_every_engine_family_is_sized_as_the_engine_builds_it(model_type):
     """The planner reads each registered family's config.json as the engine runs it: the
