@@ -426,16 +426,23 @@ def test_both_replicas_receive_traffic(base_url):
         return engine_stat(metrics, "num_generated_tokens", "tiny")
 
     before = generated()
-    body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 16, "ignore_eos": True}
+
+    def complete(i: int) -> httpx.Response:
+        # A prompt of its own each: no replica holds a cached prefix of it, so the
+        # kv_aware router (the default) spreads them by load alone. (One prompt for all
+        # would rightly go where it is cached while that replica keeps up.)
+        body = {"model": "tiny", "prompt": f"{i} {PROMPT}", "max_tokens": 16, "ignore_eos": True}
+        return httpx.post(f"{base_url}/v1/completions", json=body, timeout=60)
+
+    # Rounds of 16 (8 at a time), at most 4: the router may learn of a replica that just
+    # became ready a moment late, but sustained load must reach both.
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        statuses = list(
-            pool.map(
-                lambda _: httpx.post(f"{base_url}/v1/completions", json=body, timeout=60),
-                range(16),
-            )
-        )
-    assert all(r.status_code == 200 for r in statuses)
-    after = generated()
+        for round_index in range(4):
+            statuses = list(pool.map(complete, range(16 * round_index, 16 * (round_index + 1))))
+            assert all(r.status_code == 200 for r in statuses)
+            after = generated()
+            if len(after) == 2 and all(after[r] > before.get(r, 0) for r in after):
+                break
     assert len(after) == 2
     assert all(after[replica] > before.get(replica, 0) for replica in after), (before, after)
 
