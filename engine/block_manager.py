@@ -99,11 +99,8 @@ class BlockManager:
         chain = seq.prefix_hashes
         hash_to_block = self.hash_to_block
         for i in range((len(seq.token_ids) - 1) // bs):
-            if i == len(chain):
-                extra_keys = seq.block_extra_keys(bs)
-                extra = extra_keys[i] if i < len(extra_keys) else ()
-                parent = chain[-1] if chain else None
-                chain.append(block_hash(parent, seq.token_ids[i * bs : (i + 1) * bs], extra))
+            if i == len(chain):  # hashed one block at a time: a miss ends the walk
+                self._extend_prefix_hashes(seq, i + 1)
             block_id = hash_to_block.get(chain[i])
             if block_id is None:
                 break
